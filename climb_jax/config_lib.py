@@ -42,7 +42,8 @@ def pacing_config(name: str = "none") -> ConfigDict:
     )
 
 
-def unit_config(task: str, start: float, end: float, tags: str = "", lr: float = 1e-3) -> ConfigDict:
+def unit_config(task: str, start: float, end: float, tags: str = "", lr: float = 1e-3,
+                schedule: str | None = None) -> ConfigDict:
     """One objective unit: its task, POS tag list, active window (fractions of training) and optimizer."""
     return ConfigDict(
         dict(
@@ -51,6 +52,9 @@ def unit_config(task: str, start: float, end: float, tags: str = "", lr: float =
             start=start,
             end=end,
             lr=lr,
+            # "trainer": the trainer's warmup/decay; "window": warmup over the first tenth of the unit's
+            # window, then linear decay to zero at its end (the seed's per-unit schedule).
+            schedule=schedule or ("trainer" if task == "mlm" else "window"),
             weight_decay=0.0,
             mask_probability_pos=0.4,  # "pos" units: tokens whose tag is in `tags`
             mask_probability_other=0.15,  # "pos" units: every other non-special token
@@ -62,6 +66,7 @@ def base_config() -> ConfigDict:
     """The vanilla CLIMB baseline (strict-small), with every curriculum present and switched off."""
     c = ConfigDict()
     c.name = "vanilla"
+    c.label = ""  # the run's name in reports; default: "<config file stem>:<preset words>"
     c.seed = 0
 
     c.model = ConfigDict(

@@ -1,0 +1,64 @@
+"""Everything static about a run, derived once from its config: model, units, optimizers, step settings."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from climb_jax.curriculum import objectives, pacing
+from climb_jax.models.roberta import RobertaConfig
+from climb_jax.train import optim
+from climb_jax.train.state import TrainState, create_train_state
+from climb_jax.train.step import StepSettings, make_train_step
+
+
+@dataclasses.dataclass
+class RunSetup:
+    config: ConfigDict
+    model: RobertaConfig
+    units: tuple[objectives.Unit, ...]
+    settings: StepSettings
+    txs: dict
+    token_rank: np.ndarray
+
+    @classmethod
+    def from_config(cls, config: ConfigDict, vocab_size: int, token_rank: np.ndarray) -> "RunSetup":
+        model = RobertaConfig.from_config(config.model, vocab_size)
+        units = objectives.validate_units(config.objective_curriculum.units)
+        t = config.trainer
+        vc, dc = config.vocab_curriculum, config.data_curriculum
+        settings = StepSettings(
+            model=model,
+            units=units,
+            total_steps=int(t.total_steps),
+            mask_probability=float(t.mask_probability),
+            random_probability=float(t.random_token_probability),
+            unmask_probability=float(t.unmask_probability),
+            max_grad_norm=float(t.max_grad_norm),
+            vocab_kind=vc.kind,
+            vocab_pacing=pacing.PacingParams.from_config(vc.pacing) if vc.kind != "none" else None,
+            unk_targets=vc.unk_targets,
+            data_pacing=pacing.PacingParams.from_config(dc.pacing) if dc.scorer != "none" else None,
+        )
+        txs = optim.make_optimizers(t, units)
+        return cls(config, model, units, settings, txs, np.asarray(token_rank, np.int32))
+
+    def init_state(self, seed: int) -> TrainState:
+        return create_train_state(jax.random.PRNGKey(seed), self.model, self.units, self.txs, self.token_rank)
+
+    def abstract_state(self, sharding=None):
+        """The state's shapes and dtypes (with `sharding` on every leaf when given), for orbax restores."""
+        shapes = jax.eval_shape(lambda: self.init_state(0))
+        if sharding is None:
+            return shapes
+        if callable(sharding):
+            shardings = sharding(shapes)
+            return jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                          shapes, shardings)
+        return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+    def train_step(self):
+        return make_train_step(self.settings, self.txs)

@@ -1,0 +1,14 @@
+"""The vanilla CLIMB baseline: RoBERTa pre-layer-norm `small`, masked LM only, no curriculum.
+
+  python -m climb_jax.main --config=configs/vanilla.py --workdir=...          # the paper's baseline
+  python -m climb_jax.main --config=configs/vanilla.py:smoke --workdir=...    # minutes on a laptop CPU
+  python -m climb_jax.main --config=configs/vanilla.py:large,bf16 --workdir=...
+
+Preset words: small, medium, large, tiny, bf16, smoke; and key=value pairs (trainer.lr=3e-4).
+"""
+
+from climb_jax import config_lib
+
+
+def get_config(arg=None):
+    return config_lib.build("vanilla", arg)
