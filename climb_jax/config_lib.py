@@ -97,6 +97,7 @@ def base_config() -> ConfigDict:
             on_decode_error="skip",  # "skip" (count and report) or "fail"
             max_line_chars=20_000,  # longer lines are split at whitespace into pieces of this size
             nltk_data=config_dict.placeholder(str),  # default: $NLTK_DATA
+            num_workers=0,  # tokenize+tag processes; 0 = one per core when the corpus is large enough
             prefetch=2,  # batches prepared ahead on a host thread
         )
     )
@@ -136,6 +137,10 @@ def base_config() -> ConfigDict:
         )
     )
 
+    # Fine-tuning a finished run (`climb_jax.evaluate --tasks`, configs/finetune.py): the folder of
+    # <task>.train.jsonl / <task>.valid.jsonl files. No default: such data is never bundled.
+    c.finetune = ConfigDict(dict(data_dir=""))
+
     c.vocab_curriculum = ConfigDict(
         dict(
             kind="none",  # "none", "token_ids", "pos_tags", "pos_tags_and_token_ids"
@@ -148,8 +153,10 @@ def base_config() -> ConfigDict:
         dict(
             scorer="none",  # "none", "source_order", "ngram_perplexity", "self_perplexity", "child_age"
             pacing=pacing_config("linear"),
-            uniform_sampling=False,  # False: weighted by difficulty as in the seed
-            source_order="spoken_first",  # preset name, or "custom" with `source_difficulty`
+            # True: uniform inside the allowed set (every data config of the seed); False: probability
+            # proportional to the score (the seed scorers' default).
+            uniform_sampling=False,
+            source_order="spoken_first",  # "spoken_first", "grammatical_first", or "custom" with `source_difficulty`
             source_difficulty="",  # "custom" mapping: "aochildes:1,switchboard:2,..."
             n_gram=1,  # n-gram order for ngram/self perplexity; 0 = uniform initial scores
             ngram_smoothing=1.0,  # additive (Laplace/Lidstone) smoothing constant

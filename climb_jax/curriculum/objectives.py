@@ -44,7 +44,7 @@ class Unit:
     @property
     def head(self) -> str:
         """The name of this unit's head in the parameter tree."""
-        return "mlm_head" if self.task == "mlm" else f"pos_{self.name}"
+        return "mlm_head" if self.task == "mlm" else f"{self.name}_head"
 
     @property
     def num_classes(self) -> int:

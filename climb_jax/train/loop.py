@@ -203,7 +203,7 @@ class Trainer:
         scores = np.array(self.sampler.scores if self.sampler.scores is not None else np.zeros(n, np.float32))
         scores[indices] = fresh
         self.sampler.set_scores(scores.astype(np.float32), version=step // dc.update_every)
-        logging.info("re-scored %d sequences at step %d (mean loss %.3f)", count, step, float(fresh.mean()))
+        logging.info("re-scored %d sequences at step %d (mean perplexity %.2f)", count, step, float(fresh.mean()))
 
     def _log_record(self, step: int, pending: list, t0: float, steps_done: int, host_info: list) -> dict:
         fetched = jax.device_get([m for m in pending])

@@ -1,0 +1,50 @@
+"""Vocabulary curricula: tokens outside a growing allowed set are replaced by <unk> early in training.
+
+  python -m climb_jax.main --config=configs/vocab_cl.py --workdir=...               # token_ids, linear
+  python -m climb_jax.main --config=configs/vocab_cl.py:pos_tags,log --workdir=...
+  python -m climb_jax.main --config=configs/vocab_cl.py:token_ids,root --workdir=...
+
+Preset words (the seed's six vocabulary configs are a kind word with `linear` or `log`):
+  token_ids                 allowed iff the token's frequency rank <= pace * vocabulary size (default)
+  pos_tags                  allowed iff the token's POS class <= pace * 11 (NOUN, VERB, ADJ, ... X)
+  pos_tags_and_token_ids    allowed iff pos * V + rank <= pace * 11 * V
+  linear (default), log, quad, root, exp, step   the pacing function
+  exclude_unk               leave replaced positions out of the MLM loss (the seed predicts <unk> there)
+Pacing parameters are the seed's (start 6.25% of training, full vocabulary by 87.5%, starting
+difficulty 0.1); override any of them: --config.vocab_curriculum.pacing.end_percent=0.5
+"""
+
+from climb_jax import config_lib
+
+KINDS = ("token_ids", "pos_tags", "pos_tags_and_token_ids")
+PACINGS = ("linear", "log", "quad", "root", "exp", "step")
+
+
+def _kind(kind):
+    def apply(c):
+        c.vocab_curriculum.kind = kind
+
+    return apply
+
+
+def _pacing(name):
+    def apply(c):
+        c.vocab_curriculum.pacing.name = name
+
+    return apply
+
+
+PRESETS = {
+    **{k: _kind(k) for k in KINDS},
+    **{p: _pacing(p) for p in PACINGS},
+    "exclude_unk": lambda c: setattr(c.vocab_curriculum, "unk_targets", "exclude"),
+}
+
+
+def setup(c):
+    c.vocab_curriculum.kind = "token_ids"
+    c.vocab_curriculum.pacing = config_lib.pacing_config("linear")
+
+
+def get_config(arg=None):
+    return config_lib.build("vocab_cl", arg, PRESETS, setup)

@@ -1,0 +1,142 @@
+"""configs/vocab_cl.py and configs/data_cl.py: every preset word combination, the seed's ten data configs,
+and the curriculum plot."""
+
+import importlib.util
+import itertools
+
+import numpy as np
+import pytest
+
+from climb_jax import config_lib
+from climb_jax.curriculum.pacing import PacingParams, pace
+from climb_jax.curriculum.plot import curriculum_curves, plot_curricula
+from climb_jax.errors import ConfigError
+from tests.conftest import REPO
+
+SEED_PACING = dict(start_percent=0.0625, end_percent=0.875, starting_difficulty=0.1, max_difficulty=1.0)
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"configs_{name}", REPO / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+VOCAB = load("vocab_cl")
+DATA = load("data_cl")
+
+
+def check_pacing(section, name):
+    assert section.pacing.name == name
+    for key, value in SEED_PACING.items():
+        assert section.pacing[key] == value
+
+
+def test_vocab_default():
+    c = VOCAB.get_config()
+    assert c.name == "vocab_cl" and c.vocab_curriculum.kind == "token_ids"
+    check_pacing(c.vocab_curriculum, "linear")
+    assert c.vocab_curriculum.unk_targets == "predict_unk" and c.data_curriculum.scorer == "none"
+    config_lib.validate(c)
+
+
+@pytest.mark.parametrize("kind, pacing, extra", list(itertools.product(
+    VOCAB.KINDS, VOCAB.PACINGS, ["", "exclude_unk"])))
+def test_vocab_presets(kind, pacing, extra):
+    c = VOCAB.get_config(",".join(w for w in (kind, pacing, extra) if w))
+    assert c.vocab_curriculum.kind == kind
+    check_pacing(c.vocab_curriculum, pacing)
+    assert c.vocab_curriculum.unk_targets == ("exclude" if extra else "predict_unk")
+    config_lib.validate(c)
+
+
+def test_data_default_is_the_papers_ngram_curriculum():
+    c = DATA.get_config()
+    dc = c.data_curriculum
+    assert c.name == "data_cl" and dc.scorer == "ngram_perplexity" and dc.n_gram == 1 and dc.uniform_sampling
+    check_pacing(dc, "linear")
+    assert c.vocab_curriculum.kind == "none"
+    config_lib.validate(c)
+
+
+# The seed's ten data configs: (words, scorer, n_gram, source_order).
+SEED_DATA = {
+    "source_order,spoken_first": ("source_order", 1, "spoken_first"),
+    "source_order,grammatical_first": ("source_order", 1, "grammatical_first"),
+    "ngram": ("ngram_perplexity", 1, "spoken_first"),
+    "self_perplexity": ("self_perplexity", 1, "spoken_first"),
+    "random_perplexity": ("self_perplexity", 0, "spoken_first"),
+}
+
+
+@pytest.mark.parametrize("words, pacing", list(itertools.product(SEED_DATA, ["linear", "log"])))
+def test_the_seeds_ten_data_configs(words, pacing):
+    scorer, n_gram, order = SEED_DATA[words]
+    c = DATA.get_config(f"{words},{pacing}")
+    dc = c.data_curriculum
+    assert (dc.scorer, dc.n_gram, dc.source_order, dc.uniform_sampling) == (scorer, n_gram, order, True)
+    if scorer == "self_perplexity":
+        assert dc.update_every == 25_000
+    check_pacing(dc, pacing)
+    config_lib.validate(c)
+
+
+@pytest.mark.parametrize("scorer, pacing, sampling", list(itertools.product(
+    DATA.SCORERS, DATA.PACINGS, ["", "uniform", "weighted"])))
+def test_every_data_preset_combination(scorer, pacing, sampling):
+    c = DATA.get_config(",".join(w for w in (scorer, pacing, sampling) if w))
+    dc = c.data_curriculum
+    expected = {"ngram": "ngram_perplexity", "self_perplexity": "self_perplexity",
+                "random_perplexity": "self_perplexity", "child_age": "child_age"}.get(scorer, "source_order")
+    assert dc.scorer == expected
+    if scorer in ("spoken_first", "grammatical_first"):
+        assert dc.source_order == scorer
+    assert dc.uniform_sampling == (sampling != "weighted")
+    check_pacing(dc, pacing)
+    config_lib.validate(c)
+
+
+def test_smoke_and_overrides():
+    c = DATA.get_config("source_order,linear,smoke,data_curriculum.pacing.end_percent=0.5")
+    assert c.trainer.total_steps == 300 and c.data_curriculum.update_every == 100
+    assert c.data_curriculum.pacing.end_percent == 0.5 and c.data_curriculum.scorer == "source_order"
+    c = VOCAB.get_config("pos_tags,log,smoke")
+    assert c.model.size == "tiny" and c.vocab_curriculum.kind == "pos_tags"
+    config_lib.validate(c)
+
+
+def test_bad_words_and_impossible_pacing():
+    with pytest.raises(ConfigError, match="Did you mean 'pos_tags'"):
+        VOCAB.get_config("pos_tag")
+    with pytest.raises(ConfigError, match="Valid words"):
+        DATA.get_config("bigram")
+    c = DATA.get_config("ngram,data_curriculum.pacing.start_percent=0.9")
+    with pytest.raises(ConfigError, match="data_curriculum.pacing: .*smaller than end_percent"):
+        config_lib.validate(c)
+
+
+# -- the plot ----------------------------------------------------------------------------------
+
+
+def test_plot_for_a_vocab_config(tmp_path):
+    c = VOCAB.get_config("pos_tags_and_token_ids,log,smoke")
+    out = plot_curricula(c, tmp_path / "sub" / "curricula.png")
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
+    curves = curriculum_curves(c)
+    steps = curves["step"]
+    assert steps[0] == 0 and steps[-1] == 300
+    p = PacingParams.from_config(c.vocab_curriculum.pacing)
+    np.testing.assert_allclose(curves["vocabulary pace (pos_tags_and_token_ids, log)"], pace(p, steps, 300))
+    fraction = curves["allowed vocabulary fraction"]
+    assert fraction[-1] == 1.0 and np.all(np.diff(fraction) >= 0) and fraction[0] < 0.2
+
+
+def test_plot_with_data_and_objective_curricula(tmp_path):
+    c = DATA.get_config("random_perplexity,log,smoke")
+    c.objective_curriculum.units = config_lib.ConfigDict(dict(
+        pos=config_lib.unit_config("pos", 0.0, 0.125, "NOUN,VERB"), mlm=config_lib.unit_config("mlm", 0.125, 1.0)))
+    out = plot_curricula(c, tmp_path / "c.png")
+    assert out.stat().st_size > 5_000
+    assert set(curriculum_curves(c)) == {"step", "data pace (self_perplexity, log)"}

@@ -1,0 +1,76 @@
+"""One code path from 1 CPU device to a mesh of 8: the same run gives the same losses on both."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from climb_jax.parallel import mesh as mesh_lib
+from tests.conftest import REPO
+
+KINDS = "vanilla,vocab,data,objective"
+
+
+def _run(devices: int, shared, cache, out) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    proc = subprocess.run([sys.executable, "-m", "tests.equivalence_driver", str(shared), str(cache), str(out), KINDS],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
+def test_one_and_eight_devices_give_the_same_losses(shared_data, nltk_data, tmp_path):
+    cache = tmp_path / "cache"
+    one = _run(1, shared_data, cache, tmp_path)
+    eight = _run(8, shared_data, cache, tmp_path)
+    assert one["devices"] == 1 and eight["devices"] == 8
+    worst = {}
+    for kind in KINDS.split(","):
+        a, b = one[kind], eight[kind]
+        assert [r["step"] for r in a] == [r["step"] for r in b]
+        assert set(a[0]) == set(b[0])
+        diffs = [abs(x["loss"] - y["loss"]) for x, y in zip(a, b)]
+        worst[kind] = max(diffs)
+        for x, y in zip(a, b):
+            for key in ("vocab_pace", "data_fraction", "source_mix", "unk_fraction", "tokens_seen"):
+                if key in x:
+                    assert x[key] == pytest.approx(y[key], abs=1e-6), (kind, key)
+    print("max |loss(1 device) - loss(8 devices)|:", json.dumps(worst))
+    assert max(worst.values()) < 2e-3, worst
+
+
+def test_mesh_shapes_and_errors():
+    import jax
+    from ml_collections import ConfigDict
+
+    from climb_jax.errors import ConfigError
+
+    mesh = mesh_lib.create_mesh(ConfigDict(dict(data=-1, fsdp=1, model=1)))
+    assert mesh.shape["data"] == jax.device_count()
+    with pytest.raises(ConfigError, match="devices, but"):
+        mesh_lib.create_mesh(ConfigDict(dict(data=3, fsdp=1, model=1)))
+
+    class FakeMesh:
+        shape = {"data": 4, "fsdp": 2, "model": 1}
+
+    assert mesh_lib.batch_size_per_process(16, FakeMesh) == 16
+    with pytest.raises(ConfigError, match="batch_size=12 is not divisible by the 8 devices"):
+        mesh_lib.batch_size_per_process(12, FakeMesh)
+
+
+def test_param_sharding_rules():
+    from jax.sharding import PartitionSpec as P
+
+    class FakeMesh:
+        shape = {"data": 2, "fsdp": 2, "model": 2}
+
+    assert mesh_lib.param_spec("['params']['encoder']['layer_0']['attention']['query']['kernel']", (256, 256), FakeMesh) == P("fsdp", "model")
+    assert mesh_lib.param_spec("['params']['encoder']['LayerNorm']['scale']", (256,), FakeMesh) == P()
+    assert mesh_lib.param_spec("['params']['mlm_head']['decoder']['bias']", (8192,), FakeMesh) == P()
+    assert mesh_lib.param_spec("x['embedding']", (8192, 255), FakeMesh) == P("fsdp", None)
