@@ -89,6 +89,17 @@ def initial_scores(config: ConfigDict, data) -> np.ndarray | None:
     raise ConfigError(f"unknown data_curriculum.scorer '{dc.scorer}'")
 
 
+def _to_lists(items: list[dict]) -> list[dict]:
+    return [{k: np.asarray(v).tolist() for k, v in d.items()} for d in items]
+
+
+def _from_lists(items: list[dict]) -> list[dict]:
+    out = []
+    for d in items:
+        out.append({k: np.asarray(v, np.int64 if k in ("source_ids", "index") else np.float32) for k, v in d.items()})
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Evaluation.
 
@@ -171,6 +182,8 @@ class Trainer:
             init = jax.jit(lambda: self.setup.init_state(self.config.seed), out_shardings=self.state_sharding)
             return init(), 0
         state, meta, host, step = found
+        self._restored_pending = (_from_lists(meta.get("pending_metrics", [])),
+                                  _from_lists(meta.get("pending_host", [])))
         self.sampler.load_state_dict({"meta": meta.get("sampler", {}), "scores": (host or {}).get("scores")})
         self.metrics.truncate_after(step)
         print(f"resuming from the checkpoint at step {step}", flush=True)
@@ -178,11 +191,14 @@ class Trainer:
         return state, step
 
     # -- helpers -----------------------------------------------------------------------------
-    def _save(self, state, step: int) -> None:
+    def _save(self, state, step: int, pending: list, host_info: list) -> None:
+        """Saves the state with the sampler and the not-yet-logged metrics of the current log interval, so
+        a run resumed between two log steps writes the same log line as an uninterrupted one."""
         sampler_state = self.sampler.state_dict()
         host = {"scores": sampler_state["scores"]} if sampler_state.get("scores") is not None and \
             self.config.data_curriculum.scorer == "self_perplexity" else None
-        meta = {"step": step, "sampler": sampler_state["meta"], "data_fingerprint": self.data.fingerprint}
+        meta = {"step": step, "sampler": sampler_state["meta"], "data_fingerprint": self.data.fingerprint,
+                "pending_metrics": _to_lists(jax.device_get(pending)), "pending_host": _to_lists(host_info)}
         self.checkpointer.save(step, state, meta, host)
 
     def _rescore(self, state, step: int) -> None:
@@ -282,7 +298,7 @@ class Trainer:
         last_eval = None
         bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not (self.progress and self.primary),
                    dynamic_ncols=True)
-        pending, host_info = [], []
+        pending, host_info = getattr(self, "_restored_pending", ([], []))
         t0, steps_done = time.perf_counter(), 0
         step = start
         try:
@@ -322,10 +338,10 @@ class Trainer:
                                 raise TrainingDiverged(
                                     f"the loss became {loss} at step {step}; training stopped before saving. The last "
                                     "good checkpoint is kept; lower trainer.lr or check the data, then rerun.")
-                        self._save(state, step)
+                        self._save(state, step, pending, host_info)
                     if self.stop_at is not None and step >= self.stop_at and not is_last:
                         if step % c.trainer.checkpoint_every:
-                            self._save(state, step)
+                            self._save(state, step, pending, host_info)
                         self.checkpointer.wait()
                         pipeline.close()
                         self.final_state = state

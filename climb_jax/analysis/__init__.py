@@ -1,0 +1,1 @@
+"""Comparing runs: reading workdirs, statistics of differences, the report and its plots."""

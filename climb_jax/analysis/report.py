@@ -1,0 +1,452 @@
+"""The "curriculum vs vanilla" report: one table per benchmark, differences with their uncertainty.
+
+Shaped like the CLIMB paper's tables: one row per configuration (seeds averaged, with their standard
+deviation), columns for BLiMP overall and per field, the BLiMP supplement, each fine-tuning task and
+perplexity; then every configuration's difference to the baseline with a bootstrap confidence
+interval and a permutation p-value, marked "n.s." where the difference is not significant. The
+tests pair matched items (BLiMP pairs when every run stored them, else paradigms; fine-tuning
+validation examples) and resample seeds, as `climb_jax.analysis.stats` describes.
+
+Outputs: `report.md`, `report.csv` (one row per configuration, raw fractions, every difference
+flattened into columns), `report.json` (the same, structured) and the plots of `plots.py`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from climb_jax.analysis import stats
+from climb_jax.analysis.runs import Run, Suite, find_workdirs, group_runs, load_run
+from climb_jax.errors import DataError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASELINE = "vanilla"
+
+
+@dataclass
+class Cell:
+    """A configuration's value of one metric: mean and std over its seeds (None = not measured)."""
+
+    mean: float | None
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float | None]) -> "Cell":
+        vals = [v for v in values if v is not None and math.isfinite(v)]
+        if not vals:
+            return cls(None, None, 0)
+        return cls(float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, len(vals))
+
+
+@dataclass
+class Row:
+    label: str
+    seeds: list[int]
+    workdirs: list[str]
+    blimp: Cell
+    blimp_fields: dict[str, Cell]
+    supplement: Cell
+    finetune: dict[str, Cell]  # task -> primary metric
+    finetune_avg: Cell  # mean of the primary metrics over all tasks (runs that have every task)
+    perplexity: Cell
+    steps: list[int]  # the checkpoint step each seed's final evaluation used
+
+
+@dataclass
+class DiffEntry:
+    label: str
+    metric: str  # "blimp", "supplement", "finetune:<task>", "finetune_avg", "perplexity"
+    items: str  # "pairs", "paradigms", "examples", "seeds"
+    result: stats.Difference
+
+
+@dataclass
+class Report:
+    baseline: str | None
+    alpha: float
+    rows: list[Row]
+    fields: list[str]
+    tasks: dict[str, str]  # task -> primary metric name
+    diffs: list[DiffEntry]
+    paradigm_diffs: dict[str, dict[str, float]]  # label -> paradigm -> mean diff to baseline
+    notes: list[str] = field(default_factory=list)
+
+    def diff(self, label: str, metric: str) -> DiffEntry | None:
+        for d in self.diffs:
+            if d.label == label and d.metric == metric:
+                return d
+        return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-run values.
+
+
+def _suite_overall(run: Run, section: str) -> float | None:
+    suite = run.latest(section)
+    return suite.overall if suite is not None else None
+
+
+def _finetune_primary(result: dict) -> tuple[str, float | None]:
+    metric = str(result.get("primary_metric") or "accuracy")
+    mean = result.get("mean") or {}
+    value = mean.get(metric) if isinstance(mean, dict) else None
+    if value is None and isinstance(result.get("metrics"), dict):
+        value = result["metrics"].get(metric)
+    return metric, float(value) if isinstance(value, (int, float)) else None
+
+
+def _finetune_items(result: dict) -> np.ndarray | None:
+    """Per validation example correctness, averaged over the fine-tuning seeds (None if absent)."""
+    rows = [s.get("correct") for s in result.get("per_seed", []) if isinstance(s, dict)]
+    rows = [r for r in rows if isinstance(r, list) and r]
+    if not rows or len({len(r) for r in rows}) != 1:
+        return None
+    return np.asarray(rows, dtype=np.float64).mean(axis=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Item matrices for the difference tests.
+
+
+def _suite_items(runs_a: list[Run], runs_b: list[Run], section: str) -> tuple[np.ndarray, np.ndarray, str] | None:
+    suites_a = [run.latest(section) for run in runs_a]
+    suites_b = [run.latest(section) for run in runs_b]
+    if any(s is None for s in suites_a + suites_b):
+        return None
+    everyone = suites_a + suites_b
+    pairs = [s.pairs for s in everyone]
+    if all(p is not None for p in pairs) and len({p.size for p in pairs}) == 1:
+        weights = everyone[0].pair_weights
+        same = all((s.pair_weights is None) == (weights is None)
+                   and (weights is None or np.allclose(s.pair_weights, weights)) for s in everyone)
+        if not same:
+            weights = None  # runs disagree on the files: fall back to a plain mean over pairs
+        return (np.stack([s.pairs for s in suites_a]), np.stack([s.pairs for s in suites_b]), "pairs", weights)
+    common = set.intersection(*(set(s.per_file) for s in suites_a + suites_b))
+    if len(common) > 1:  # one common file is just one number per seed: compare seeds below
+        names = sorted(common)
+        mat = lambda suites: np.array([[s.per_file[n] for n in names] for s in suites])
+        return mat(suites_a), mat(suites_b), "paradigms", None
+    overall = [s.overall for s in suites_a + suites_b]
+    if all(v is not None for v in overall):
+        return (np.array([[s.overall] for s in suites_a]), np.array([[s.overall] for s in suites_b]), "seeds", None)
+    return None
+
+
+def _scalar_items(a: list[float | None], b: list[float | None]):
+    a = [v for v in a if v is not None]
+    b = [v for v in b if v is not None]
+    if not a or not b:
+        return None
+    return np.array(a)[:, None], np.array(b)[:, None], "seeds", None
+
+
+def _finetune_avg(run: Run, tasks: Sequence[str]) -> float | None:
+    """Mean primary metric over `tasks` (BabyLM's (Super)GLUE average); None unless the run has them all."""
+    values = [_finetune_primary(run.finetune[t])[1] if t in run.finetune else None for t in tasks]
+    return float(np.mean(values)) if len(values) > 1 and all(v is not None for v in values) else None
+
+
+def _finetune_matrices(runs_a: list[Run], runs_b: list[Run], task: str):
+    res_a = [r.finetune.get(task) for r in runs_a]
+    res_b = [r.finetune.get(task) for r in runs_b]
+    res_a, res_b = [x for x in res_a if x], [x for x in res_b if x]
+    if not res_a or not res_b:
+        return None
+    metric = _finetune_primary(res_a[0])[0]
+    if metric == "accuracy":
+        items = [_finetune_items(x) for x in res_a + res_b]
+        if all(i is not None for i in items) and len({i.size for i in items}) == 1:
+            return np.stack(items[:len(res_a)]), np.stack(items[len(res_a):]), "examples", None
+    return _scalar_items([_finetune_primary(x)[1] for x in res_a], [_finetune_primary(x)[1] for x in res_b])
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def summarize(groups: dict[str, list[Run]], baseline: str | None = DEFAULT_BASELINE, *,
+              alpha: float = 0.05, n_boot: int = 2000, n_perm: int = 10_000, seed: int = 0) -> Report:
+    """Builds the report's numbers from runs grouped by label (`runs.group_runs`)."""
+    notes: list[str] = []
+    if baseline is not None and baseline not in groups:
+        notes.append(f"No run is labelled '{baseline}': differences to a baseline are not computed.")
+        baseline = None
+    methods = sorted({s.method for runs in groups.values() for r in runs
+                      for s in [r.latest("blimp")] if s is not None and s.method})
+    if len(methods) > 1:
+        notes.append(f"BLiMP was scored with different methods across runs ({', '.join(methods)}): "
+                     "differences mix scoring methods.")
+    fields = sorted({f for runs in groups.values() for r in runs
+                     for f in ((r.latest("blimp") or Suite(None)).per_field)})
+    tasks: dict[str, str] = {}
+    for runs in groups.values():
+        for r in runs:
+            for task, result in sorted(r.finetune.items()):
+                tasks.setdefault(task, _finetune_primary(result)[0])
+
+    # The baseline first, then every other configuration by label (the CLIMB paper's order).
+    groups = dict(sorted(groups.items(), key=lambda kv: (kv[0] != baseline, kv[0])))
+    rows = []
+    for label, runs in groups.items():
+        blimps = [r.latest("blimp") for r in runs]
+        rows.append(Row(
+            label=label,
+            seeds=[r.seed for r in runs],
+            workdirs=[str(r.workdir) for r in runs],
+            blimp=Cell.of([b.overall if b else None for b in blimps]),
+            blimp_fields={f: Cell.of([b.per_field.get(f) if b else None for b in blimps]) for f in fields},
+            supplement=Cell.of([_suite_overall(r, "supplement") for r in runs]),
+            finetune={t: Cell.of([_finetune_primary(r.finetune[t])[1] if t in r.finetune else None for r in runs])
+                      for t in tasks},
+            finetune_avg=Cell.of([_finetune_avg(r, list(tasks)) for r in runs]),
+            perplexity=Cell.of([r.latest("perplexity") for r in runs]),
+            steps=[max((p.step for p in r.evals), default=-1) for r in runs],
+        ))
+
+    diffs: list[DiffEntry] = []
+    paradigm_diffs: dict[str, dict[str, float]] = {}
+    if baseline is not None:
+        base = groups[baseline]
+        for label, runs in groups.items():
+            if label == baseline:
+                continue
+            candidates: list[tuple[str, Callable[[], Any]]] = [
+                ("blimp", lambda: _suite_items(runs, base, "blimp")),
+                ("supplement", lambda: _suite_items(runs, base, "supplement")),
+                *[(f"finetune:{t}", lambda t=t: _finetune_matrices(runs, base, t)) for t in tasks],
+                ("finetune_avg", lambda: _scalar_items([_finetune_avg(r, list(tasks)) for r in runs],
+                                                       [_finetune_avg(r, list(tasks)) for r in base])),
+                ("perplexity", lambda: _scalar_items([r.latest("perplexity") for r in runs],
+                                                     [r.latest("perplexity") for r in base])),
+            ]
+            for metric, get in candidates:
+                got = get()
+                if got is None:
+                    continue
+                a, b, items, weights = got
+                result = stats.compare(a, b, weights=weights, n_boot=n_boot, n_perm=n_perm, alpha=alpha, seed=seed)
+                diffs.append(DiffEntry(label, metric, items, result))
+            para = _paradigm_diff(runs, base)
+            if para:
+                paradigm_diffs[label] = para
+    return Report(baseline=baseline, alpha=alpha, rows=rows, fields=fields, tasks=tasks, diffs=diffs,
+                  paradigm_diffs=paradigm_diffs, notes=notes)
+
+
+def _paradigm_diff(runs: list[Run], base: list[Run]) -> dict[str, float]:
+    """Per paradigm: mean over seeds of the run's accuracy minus the baseline's."""
+    suites = [r.latest("blimp") for r in runs]
+    base_suites = [r.latest("blimp") for r in base]
+    suites = [s for s in suites if s is not None and s.per_file]
+    base_suites = [s for s in base_suites if s is not None and s.per_file]
+    if not suites or not base_suites:
+        return {}
+    common = set.intersection(*(set(s.per_file) for s in suites + base_suites))
+    return {p: float(np.mean([s.per_file[p] for s in suites]) - np.mean([s.per_file[p] for s in base_suites]))
+            for p in sorted(common)}
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing.
+
+
+def _pct(x: float | None, signed: bool = False) -> str:
+    if x is None:
+        return ""
+    return f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}"
+
+
+def _num(x: float | None, signed: bool = False) -> str:
+    if x is None:
+        return ""
+    return f"{x:+.2f}" if signed else f"{x:.2f}"
+
+
+def _cell(c: Cell, fmt=_pct) -> str:
+    if c.mean is None:
+        return "–"
+    return fmt(c.mean) if c.n < 2 else f"{fmt(c.mean)} ± {fmt(c.std)}"
+
+
+def _diff_text(d: DiffEntry | None, scale_pct: bool = True) -> str:
+    if d is None:
+        return ""
+    r = d.result
+    f = (lambda v: _pct(v, signed=True)) if scale_pct else (lambda v: _num(v, signed=True))
+    p = "p=n/a" if not math.isfinite(r.p_value) else f"p={r.p_value:.3g}"
+    flag = "" if r.significant else " n.s."
+    return f"{f(r.diff)} [{f(r.ci_low)}, {f(r.ci_high)}] {p}{flag}"
+
+
+def _task_header(task: str, metric: str) -> str:
+    return f"{task} ({'acc' if metric == 'accuracy' else metric.upper()})"
+
+
+def render_markdown(rep: Report) -> str:
+    lines = ["# Curriculum comparison", ""]
+    base = rep.baseline
+    lines.append(
+        "Scores are percentages (perplexity raw, lower is better), mean ± standard deviation over seeds. "
+        + (f"Δ is the difference to `{base}` with a {100 * (1 - rep.alpha):.0f}% bootstrap confidence interval "
+           f"(items and seeds resampled) and a paired permutation p-value; **n.s.** marks a difference that "
+           f"is not significant at α={rep.alpha}." if base else "")
+    )
+    lines.append("")
+    for note in rep.notes:
+        lines += [f"> {note}", ""]
+
+    supp = any(row.supplement.mean is not None for row in rep.rows)  # the column only when measured
+    header = ["Run", "Seeds", "BLiMP"] + (["Δ BLiMP"] if base else []) + (["Supplement"] if supp else []) + \
+             (["Δ Supplement"] if base and supp else []) + [_task_header(t, m) for t, m in rep.tasks.items()] + \
+             (["(Super)GLUE avg"] if len(rep.tasks) > 1 else []) + ["Perplexity ↓"]
+    lines += ["## Summary", "", _md_row(header), _md_row(["---"] * len(header))]
+    for row in rep.rows:
+        cells = [f"`{row.label}`", ", ".join(map(str, row.seeds)), _cell(row.blimp)]
+        if base:
+            cells.append("(baseline)" if row.label == base else _diff_text(rep.diff(row.label, "blimp")))
+        if supp:
+            cells.append(_cell(row.supplement))
+            if base:
+                cells.append("(baseline)" if row.label == base else _diff_text(rep.diff(row.label, "supplement")))
+        cells += [_cell(row.finetune[t]) for t in rep.tasks]
+        if len(rep.tasks) > 1:
+            cells.append(_cell(row.finetune_avg))
+        cells.append(_cell(row.perplexity, _num))
+        lines.append(_md_row(cells))
+    lines.append("")
+
+    if rep.fields:
+        header = ["Run"] + rep.fields
+        lines += ["## BLiMP per field", "", _md_row(header), _md_row(["---"] * len(header))]
+        for row in rep.rows:
+            lines.append(_md_row([f"`{row.label}`"] + [_cell(row.blimp_fields[f]) for f in rep.fields]))
+        lines.append("")
+
+    if base and rep.diffs:
+        header = ["Run", "Metric", "Items", "Δ", f"{100 * (1 - rep.alpha):.0f}% CI", "p", "Test", "Significant"]
+        lines += [f"## Differences to `{base}`", "", _md_row(header), _md_row(["---"] * len(header))]
+        for d in rep.diffs:
+            r = d.result
+            pct = d.metric != "perplexity"
+            f = (lambda v: _pct(v, signed=True)) if pct else (lambda v: _num(v, signed=True))
+            n_items = f"{r.n_items} {d.items}" if d.items != "seeds" else "seeds"
+            p = "n/a" if not math.isfinite(r.p_value) else f"{r.p_value:.3g}"
+            lines.append(_md_row([f"`{d.label}`", d.metric, n_items, f(r.diff), f"[{f(r.ci_low)}, {f(r.ci_high)}]",
+                                  p, r.test, "yes" if r.significant else "n.s."]))
+        lines.append("")
+        lines.append("Seeds: "
+                     "with one score per seed (no matched items) the permutation test exchanges runs between the "
+                     "groups; two seeds per group cannot reach p < 0.05. No correction for multiple comparisons "
+                     "is applied.")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _md_row(cells: Iterable[str]) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def csv_rows(rep: Report) -> tuple[list[str], list[dict[str, Any]]]:
+    """One flat record per configuration (fractions, not percentages)."""
+    records = []
+    for row in rep.rows:
+        rec: dict[str, Any] = {"label": row.label, "n_seeds": len(row.seeds),
+                               "seeds": ";".join(map(str, row.seeds)),
+                               "steps": ";".join(map(str, row.steps))}
+
+        def put(name: str, c: Cell) -> None:
+            rec[f"{name}_mean"] = c.mean
+            rec[f"{name}_std"] = c.std
+
+        put("blimp", row.blimp)
+        for f in rep.fields:
+            put(f"blimp_{f}", row.blimp_fields[f])
+        put("supplement", row.supplement)
+        for t, m in rep.tasks.items():
+            put(f"finetune_{t}_{m}", row.finetune[t])
+        if len(rep.tasks) > 1:
+            put("finetune_avg", row.finetune_avg)
+        put("perplexity", row.perplexity)
+        for d in rep.diffs:
+            if d.label != row.label:
+                continue
+            key = d.metric.replace(":", "_")
+            r = d.result
+            rec.update({f"diff_{key}": r.diff, f"diff_{key}_ci_low": r.ci_low, f"diff_{key}_ci_high": r.ci_high,
+                        f"diff_{key}_p": r.p_value, f"diff_{key}_significant": r.significant,
+                        f"diff_{key}_items": d.items})
+        records.append(rec)
+    columns: list[str] = []
+    for rec in records:
+        for k in rec:
+            if k not in columns:
+                columns.append(k)
+    return columns, records
+
+
+def to_json(rep: Report) -> dict:
+    cell = lambda c: {"mean": c.mean, "std": c.std, "n": c.n}
+    return {
+        "baseline": rep.baseline,
+        "alpha": rep.alpha,
+        "notes": rep.notes,
+        "rows": [{"label": r.label, "seeds": r.seeds, "workdirs": r.workdirs, "steps": r.steps,
+                  "blimp": cell(r.blimp), "blimp_fields": {k: cell(v) for k, v in r.blimp_fields.items()},
+                  "supplement": cell(r.supplement), "finetune": {k: cell(v) for k, v in r.finetune.items()},
+                  "finetune_avg": cell(r.finetune_avg),
+                  "perplexity": cell(r.perplexity)} for r in rep.rows],
+        "tasks": rep.tasks,
+        "differences": [{"label": d.label, "metric": d.metric, "items": d.items, **d.result.to_dict()}
+                        for d in rep.diffs],
+        "paradigm_differences": rep.paradigm_diffs,
+    }
+
+
+def write_report(rep: Report, groups: dict[str, list[Run]], out_dir: str | Path, *, plots: bool = True) -> dict[str, Path]:
+    """Writes report.md, report.csv, report.json and (optionally) the PNG plots; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out / "report.md", "csv": out / "report.csv", "json": out / "report.json"}
+    md = render_markdown(rep)
+    if plots:
+        from climb_jax.analysis import plots as plots_mod  # matplotlib only when drawing
+
+        drawn = plots_mod.draw_all(groups, rep, out)
+        paths.update(drawn)
+        if drawn:
+            md += "\n## Plots\n\n" + "\n".join(f"![{name}]({p.name})" for name, p in drawn.items()) + "\n"
+    paths["markdown"].write_text(md)
+    columns, records = csv_rows(rep)
+    with paths["csv"].open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        for rec in records:
+            writer.writerow({k: ("" if v is None else v) for k, v in rec.items()})
+    paths["json"].write_text(json.dumps(to_json(rep), indent=2))
+    return paths
+
+
+def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, baseline: str | None = DEFAULT_BASELINE,
+                 require_baseline: bool = False, alpha: float = 0.05, n_boot: int = 2000,
+                 n_perm: int = 10_000, seed: int = 0, plots: bool = True) -> dict[str, Path]:
+    """Reads the runs, computes the comparison and writes it to `out_dir`."""
+    workdirs = find_workdirs(run_dirs)
+    if not workdirs:
+        raise DataError("no training runs found in " + ", ".join(map(str, run_dirs)) + ".")
+    groups = group_runs(load_run(wd) for wd in workdirs)
+    if baseline is not None and baseline not in groups and require_baseline:
+        raise DataError(f"baseline '{baseline}' is not among the run labels: {', '.join(groups)}. "
+                        "Pass --baseline=<one of them>.")
+    rep = summarize(groups, baseline, alpha=alpha, n_boot=n_boot, n_perm=n_perm, seed=seed)
+    return write_report(rep, groups, out_dir, plots=plots)

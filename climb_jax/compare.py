@@ -1,0 +1,58 @@
+"""`python -m climb_jax.compare RUN_DIR... --out=DIR [--baseline=vanilla]`: the comparison report.
+
+RUN_DIR is a training run's workdir, or a folder whose sub-folders are workdirs (a sweep's output).
+Runs are grouped by their config `label` (seeds averaged); every group is compared with the
+baseline group. Writes report.md, report.csv, report.json and PNG plots into --out and prints the
+path of report.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from climb_jax.errors import ClimbError
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m climb_jax.compare", description=__doc__.splitlines()[0])
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="training workdirs or folders of them")
+    p.add_argument("--out", required=True, help="folder for report.md, report.csv, report.json and plots")
+    p.add_argument("--baseline", default=None,
+                   help="label of the baseline runs (default: 'vanilla', skipped if absent)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    p.add_argument("--n_boot", type=int, default=2000, help="bootstrap replicates (default 2000)")
+    p.add_argument("--n_perm", type=int, default=10000, help="sign-flip permutations (default 10000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the resampling")
+    p.add_argument("--no_plots", action="store_true", help="write the tables only")
+    args = p.parse_args(argv)
+    if not 0 < args.alpha < 1:
+        p.error("--alpha must lie in (0, 1)")
+    if args.n_boot < 100 or args.n_perm < 100:
+        p.error("--n_boot and --n_perm must be at least 100")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    from climb_jax.analysis.report import DEFAULT_BASELINE, build_report
+
+    try:
+        paths = build_report(
+            args.run_dirs, args.out,
+            baseline=args.baseline or DEFAULT_BASELINE, require_baseline=args.baseline is not None,
+            alpha=args.alpha, n_boot=args.n_boot, n_perm=args.n_perm, seed=args.seed,
+            plots=not args.no_plots,
+        )
+    except ClimbError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(paths["markdown"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""The comparison report on synthetic workdirs: table contents, significance flags, plots, CLI."""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from climb_jax import compare, config_lib
+from climb_jax.analysis import plots, report, runs
+
+PARADIGMS = {"anaphor_agreement": "morphology", "irregular_forms": "morphology",
+             "island_effects": "syntax", "ellipsis": "syntax", "quantifiers": "semantics", "npi": "semantics"}
+SIZES = (10, 20, 30, 25, 15, 20)  # pairs per paradigm: unequal, so the mean over paradigms != over pairs
+N_PAIRS = sum(SIZES)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _config(label: str, seed: int) -> dict:
+    """A config.json as a run writes it (the full schema), or a partial one for the objective runs."""
+    if label.startswith("objective"):  # partial: only what the report reads
+        units = {"mlm": {"task": "mlm", "start": 0.0, "end": 1.0},
+                 "pos_noun": {"task": "pos", "tags": "NOUN", "start": 0.0, "end": 0.5}}
+        return {"name": "objective_cl", "label": label, "seed": seed, "trainer": {"total_steps": 200},
+                "objective_curriculum": {"units": units}}
+    c = config_lib.base_config()
+    c.label, c.seed, c.trainer.total_steps = label, seed, 200
+    if label.startswith("vocab"):
+        c.vocab_curriculum.kind = "pos_tags"
+        c.vocab_curriculum.pacing.name = "log"
+    return json.loads(c.to_json_best_effort())
+
+
+def _split(pairs: np.ndarray) -> list[np.ndarray]:
+    return np.split(pairs, np.cumsum(SIZES)[:-1])
+
+
+def macro(pairs: np.ndarray) -> float:
+    return float(np.mean([p.mean() for p in _split(pairs)]))
+
+
+def _suite(pairs: np.ndarray, with_pairs: bool = True) -> dict:
+    """The shape `climb_jax.eval.blimp.accuracy_report` writes (plus optional per-pair results)."""
+    acc = lambda v: {"accuracy": float(np.mean(v)), "num_pairs": len(v)}
+    parts = dict(zip(PARADIGMS, _split(pairs)))
+    by_field: dict[str, list] = {}
+    for p, v in parts.items():
+        by_field.setdefault(PARADIGMS[p], []).extend(v.tolist())
+    doc = {"suite": "blimp", "method": "pll", "num_pairs": int(pairs.size), "accuracy": float(pairs.mean()),
+           "macro_accuracy": macro(pairs), "per_file": {p: acc(v) for p, v in parts.items()},
+           "per_field": {f: acc(v) for f, v in by_field.items()}}
+    if with_pairs:
+        doc["pairs"] = {p: v.astype(int).tolist() for p, v in parts.items()}
+    return doc
+
+
+def write_run(root: Path, label: str, seed: int, pairs: np.ndarray, *, ppl: float, rte_correct: np.ndarray,
+              with_pairs: bool = True, supplement: bool = True, mrpc_f1: float | None = None) -> Path:
+    wd = root / f"{label.replace(':', '_')}_s{seed}"
+    (wd / "eval").mkdir(parents=True)
+    (wd / "finetune").mkdir()
+    (wd / "config.json").write_text(json.dumps(_config(label, seed)))
+    with (wd / "metrics.jsonl").open("w") as fh:
+        for step in range(0, 201, 25):
+            fh.write(json.dumps({"step": step, "loss": 8.0 - step / 50 + 0.1 * seed, "lr": 1e-3}) + "\n")
+        fh.write('{"step": 210, "loss"')  # a torn last line, as from a killed run
+    early = np.where(np.arange(pairs.size) % 3 == 0, 0.0, pairs)
+    (wd / "eval" / "step_000100.json").write_text(json.dumps({"step": 100, "blimp": _suite(early, with_pairs)}))
+    final = {"step": 200, "blimp": _suite(pairs, with_pairs), "perplexity": {"pseudo_perplexity": ppl, "sequences": 8}}
+    (wd / "eval" / "step_000200.json").write_text(json.dumps(final))
+    if supplement:  # a separate single-suite file, as `climb_jax.evaluate --suite` writes
+        supp = {"step": 200, "suite": "blimp_supplement", "method": "pll", "accuracy": 0.5 + 0.01 * seed,
+                "per_file": {"turn_taking": {"accuracy": 0.5 + 0.01 * seed, "num_pairs": 40}}}
+        (wd / "eval" / "blimp_supplement_pll_step_000200.json").write_text(json.dumps(supp))
+    per_seed = [{"seed": s, "metrics": {"accuracy": float(c.mean())}, "correct": c.astype(int).tolist()}
+                for s, c in enumerate(rte_correct)]
+    (wd / "finetune" / "rte.json").write_text(json.dumps({
+        "task": "rte", "primary_metric": "accuracy", "per_seed": per_seed,
+        "mean": {"accuracy": float(np.mean([c.mean() for c in rte_correct]))}}))
+    if mrpc_f1 is not None:  # F1 is not a mean over examples: compared per seed
+        (wd / "finetune" / "mrpc.json").write_text(json.dumps({
+            "task": "mrpc", "primary_metric": "f1", "mean": {"f1": mrpc_f1, "accuracy": 0.5},
+            "per_seed": [{"seed": 0, "metrics": {"f1": mrpc_f1, "accuracy": 0.5}, "correct": [1, 0]}]}))
+    return wd
+
+
+@pytest.fixture()
+def sweep(tmp_path):
+    """vanilla, a clearly better vocabulary curriculum and an objective curriculum identical to vanilla."""
+    rng = np.random.default_rng(0)
+    n = N_PAIRS
+    root = tmp_path / "sweep"
+    expected = {}
+    for seed in (0, 1):
+        base = (rng.random(n) < 0.6).astype(float)
+        better = np.maximum(base, (rng.random(n) < 0.5).astype(float))  # fixes about half the errors
+        rte = (rng.random((2, 40)) < 0.55).astype(float)
+        write_run(root, "vanilla", seed, base, ppl=50.0 + seed, rte_correct=rte, mrpc_f1=0.6 + 0.01 * seed)
+        write_run(root, "vocab_cl:pos_tags-log", seed, better, ppl=45.0 + seed, rte_correct=rte,
+                  mrpc_f1=0.7 + 0.01 * seed)
+        write_run(root, "objective_cl:noun", seed, base, ppl=50.0 + seed, rte_correct=rte, supplement=False,
+                  mrpc_f1=0.6 + 0.01 * seed)
+        expected.setdefault("rte", []).append(rte.mean())
+        expected.setdefault("vanilla", []).append(macro(base))
+        expected.setdefault("vocab", []).append(macro(better))
+    return root, expected
+
+
+def _csv(path: Path) -> dict[str, dict]:
+    with path.open() as fh:
+        return {row["label"]: row for row in csv.DictReader(fh)}
+
+
+def test_report_tables_flags_and_plots(sweep, tmp_path, capsys):
+    root, expected = sweep
+    out = tmp_path / "report"
+    rc = compare.main([str(root), f"--out={out}", "--n_boot=300", "--n_perm=1000"])
+    assert rc == 0
+    assert capsys.readouterr().out.strip() == str(out / "report.md")
+
+    rows = _csv(out / "report.csv")
+    assert list(rows) == ["vanilla", "objective_cl:noun", "vocab_cl:pos_tags-log"]  # baseline first
+    van, voc, obj = rows["vanilla"], rows["vocab_cl:pos_tags-log"], rows["objective_cl:noun"]
+    assert float(van["blimp_mean"]) == pytest.approx(np.mean(expected["vanilla"]))
+    assert float(van["blimp_std"]) == pytest.approx(np.std(expected["vanilla"], ddof=1))
+    assert float(voc["blimp_mean"]) == pytest.approx(np.mean(expected["vocab"]))
+    assert van["n_seeds"] == "2" and van["steps"] == "200;200"
+    assert float(van["perplexity_mean"]) == pytest.approx(50.5)
+    assert float(van["supplement_mean"]) == pytest.approx(0.505)
+    assert obj["supplement_mean"] == ""  # not evaluated: blank, not an error
+    assert float(van["finetune_rte_accuracy_mean"]) > 0
+
+    # The better curriculum: matched pairs, positive, significant; the identical one: 0 and n.s.
+    assert voc["diff_blimp_items"] == "pairs"
+    assert float(voc["diff_blimp"]) == pytest.approx(np.mean(expected["vocab"]) - np.mean(expected["vanilla"]))
+    assert voc["diff_blimp_significant"] == "True" and float(voc["diff_blimp_ci_low"]) > 0
+    assert float(obj["diff_blimp"]) == 0.0 and obj["diff_blimp_significant"] == "False"
+    assert float(obj["diff_blimp_p"]) == 1.0
+    assert van["diff_blimp"] == ""  # no difference of the baseline to itself
+    # Perplexity: one number per seed, so runs are permuted; with 2 seeds never significant.
+    assert voc["diff_perplexity_items"] == "seeds" and voc["diff_perplexity_significant"] == "False"
+    assert voc["diff_finetune_rte_items"] == "examples" and float(voc["diff_finetune_rte"]) == 0.0
+    assert voc["diff_finetune_mrpc_items"] == "seeds"
+    assert float(voc["diff_finetune_mrpc"]) == pytest.approx(0.1)
+    assert float(van["finetune_mrpc_f1_mean"]) == pytest.approx(0.605)
+    assert float(van["finetune_avg_mean"]) == pytest.approx((np.mean(expected["rte"]) + 0.605) / 2)
+    assert float(voc["diff_finetune_avg"]) == pytest.approx(0.05)
+
+    md = (out / "report.md").read_text()
+    assert "| `vanilla` | 0, 1 |" in md and "(baseline)" in md
+    assert "mrpc (F1)" in md and "rte (acc)" in md and "(Super)GLUE avg" in md
+    assert "## BLiMP per field" in md and "syntax" in md
+    obj_line = next(line for line in md.splitlines() if line.startswith("| `objective_cl:noun` | 0, 1"))
+    assert "n.s." in obj_line
+    voc_line = next(line for line in md.splitlines() if line.startswith("| `vocab_cl:pos_tags-log` | 0, 1"))
+    assert "n.s." not in voc_line.split("|")[4]  # the Δ BLiMP cell
+
+    data = json.loads((out / "report.json").read_text())
+    para = data["paradigm_differences"]["vocab_cl:pos_tags-log"]
+    assert set(para) == set(PARADIGMS) and all(v >= 0 for v in para.values())
+
+    for name in ("learning_curves", "blimp_over_steps", "pacing_curves", "paradigm_diff_vocab_cl_pos_tags-log",
+                 "paradigm_diff_objective_cl_noun"):
+        png = out / f"{name}.png"
+        assert png.exists(), name
+        assert png.read_bytes()[:8] == PNG_MAGIC
+        assert f"({name}.png)" in md
+
+
+def test_paradigms_are_the_items_when_pairs_are_missing(tmp_path):
+    rng = np.random.default_rng(1)
+    n = N_PAIRS
+    for seed in (0, 1):
+        base = (rng.random(n) < 0.6).astype(float)
+        write_run(tmp_path, "vanilla", seed, base, ppl=10, rte_correct=np.ones((1, 4)))
+        write_run(tmp_path, "data_cl:x", seed, base, ppl=10, rte_correct=np.ones((1, 4)), with_pairs=False)
+    groups = runs.group_runs(runs.load_run(wd) for wd in runs.find_workdirs([tmp_path]))
+    rep = report.summarize(groups, "vanilla", n_boot=200, n_perm=500)
+    d = rep.diff("data_cl:x", "blimp")
+    assert d.items == "paradigms" and d.result.n_items == len(PARADIGMS)
+    assert d.result.diff == 0.0 and not d.result.significant
+
+
+def test_reader_tolerates_partial_runs(tmp_path):
+    wd = tmp_path / "bare"
+    wd.mkdir()
+    (wd / "config.json").write_text(json.dumps({"name": "vanilla", "seed": 3}))
+    run = runs.load_run(wd)
+    assert run.label == "vanilla" and run.seed == 3 and run.evals == [] and run.latest("blimp") is None
+    # On-demand evaluations (climb_jax.evaluate) fill gaps but never replace the training loop's own.
+    (wd / "eval").mkdir()
+    suite = lambda name, acc: {"step": 100, "suite": name, "method": "pll", "overall": acc,
+                               "per_file": {"a": {"accuracy": acc, "num_pairs": 4}}}
+    (wd / "eval" / "step_000100.json").write_text(json.dumps({"step": 100, "blimp": suite("blimp", 0.6)}))
+    (wd / "eval" / "blimp_filtered_pll_step_000100.json").write_text(json.dumps(suite("blimp_filtered", 0.9)))
+    (wd / "eval" / "blimp_supplement_pll_step_000100.json").write_text(json.dumps(suite("blimp_supplement", 0.7)))
+    (wd / "eval" / "zorro_pll_step_000100.json").write_text(json.dumps(suite("zorro", 0.1)))
+    run = runs.load_run(wd)
+    assert [p.step for p in run.evals] == [100]
+    assert run.latest("blimp").overall == 0.6 and run.latest("supplement").overall == 0.7
+    shutil.rmtree(wd / "eval")
+    paths = report.build_report([wd], tmp_path / "out", n_boot=100, n_perm=100)
+    assert "| `vanilla` | 3 | – |" in paths["markdown"].read_text()
+
+
+def test_cli_errors(sweep, tmp_path, capsys):
+    root, _ = sweep
+    assert compare.main([str(root), f"--out={tmp_path / 'o'}", "--baseline=nope", "--no_plots"]) == 2
+    err = capsys.readouterr().err
+    assert "baseline 'nope'" in err and "vanilla" in err
+    assert compare.main([str(tmp_path / "missing"), f"--out={tmp_path / 'o'}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert compare.main([str(empty), f"--out={tmp_path / 'o'}"]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    assert compare.main([str(bad), f"--out={tmp_path / 'o'}"]) == 2
+    assert "not readable JSON" in capsys.readouterr().err
+
+
+def test_pacing_curves_follow_the_run_configs():
+    full = _config("vocab_cl:pos_tags-log", 0)
+    plan = plots.curricula(full)
+    assert set(plan) == {"vocabulary"}
+    curves = plots._curriculum_curves(full)
+    assert curves is not None and any(k.startswith("vocabulary pace") for k in curves)
+    # A partial config.json: the pacing function is evaluated from its parameters alone.
+    pacing = {"name": "linear", "start_percent": 0.0, "end_percent": 0.5, "starting_difficulty": 0.2,
+              "max_difficulty": 1.0}
+    values = plots._pacing_values(pacing, np.array([0, 50, 100, 200]), 200)
+    np.testing.assert_allclose(values, [0.2, 0.6, 1.0, 1.0])
+    assert set(plots.curricula(_config("objective_cl:noun", 0))) == {"units"}
+    assert plots.curricula(_config("vanilla", 0)) == {}
