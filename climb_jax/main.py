@@ -38,7 +38,15 @@ def _config_arg(argv: list[str]) -> str:
     return ""
 
 
+def _quiet_libraries(argv: list[str]) -> None:
+    """Library INFO logs (orbax prints several lines per save) drown the run's own messages; keep
+    warnings unless the user asked for a verbosity with -v/--verbosity."""
+    if not any(a.startswith(("-v", "--verbosity")) for a in argv[1:]):
+        logging.set_verbosity(logging.WARNING)
+
+
 def run(argv) -> None:
+    _quiet_libraries(sys.argv)
     del argv
     config = _CONFIG.value
     if config is None:

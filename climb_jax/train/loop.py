@@ -146,20 +146,23 @@ class Trainer:
         c = self.config
         self.mesh = mesh_lib.create_mesh(c.mesh)
         self.local_batch = mesh_lib.batch_size_per_process(c.trainer.batch_size, self.mesh)
-        logging.info("devices: %d x %s, mesh %s, processes %d", jax.device_count(), jax.devices()[0].platform,
-                     dict(self.mesh.shape), jax.process_count())
+        self._say(f"devices: {jax.device_count()} x {jax.devices()[0].platform} ({jax.devices()[0].device_kind}), "
+                  f"mesh {dict(self.mesh.shape)}, processes {jax.process_count()}")
         self.data = prepare_data(c.data, epath.Path(default_cache_dir(c, self.workdir)),
                                  progress=self.progress and self.primary)
         vocab = len(self.data.tokenizer)
-        logging.info("corpus %s: %d training sequences of %d tokens, vocabulary %d, data cache %s",
-                     c.data.corpus, len(self.data.train), c.data.seq_len, vocab, self.data.directory)
+        self._say(f"corpus {c.data.corpus}: {len(self.data.train)} training sequences of {c.data.seq_len} tokens "
+                  f"from {len(self.data.sources)} sources; tokenizer: byte-level BPE, {vocab} tokens "
+                  f"({c.data.token_order} order); data cache {self.data.directory}")
         token_rank = vocabulary.token_rank_table(vocab)
         self.setup = RunSetup.from_config(c, vocab_size=vocab, token_rank=token_rank)
+        self._say(f"model: {c.model.size} ({self.setup.model.num_layers} layers, width {self.setup.model.hidden_size}), "
+                  f"{c.trainer.total_steps} steps of {c.trainer.batch_size} x {c.data.seq_len} tokens, "
+                  f"{c.model.dtype} activations")
         if self.primary:
             write_json(self.workdir / "config.json", json.loads(c.to_json_best_effort()))
-            tok_dir = self.workdir / "tokenizer"
-            if not (tok_dir / "tokenizer.json").exists():
-                self.data.tokenizer.save_pretrained(str(tok_dir))
+            # The run's own copy, for evaluation and export without the data cache.
+            self.data.tokenizer.save_pretrained(str(self.workdir / "tokenizer"))
         dc = c.data_curriculum
         self.sampler = BatchSampler(
             len(self.data.train), c.trainer.batch_size, c.seed,
@@ -186,11 +189,15 @@ class Trainer:
                                   _from_lists(meta.get("pending_host", [])))
         self.sampler.load_state_dict({"meta": meta.get("sampler", {}), "scores": (host or {}).get("scores")})
         self.metrics.truncate_after(step)
-        print(f"resuming from the checkpoint at step {step}", flush=True)
-        logging.info("resumed from step %d", step)
+        self._say(f"resuming from the checkpoint at step {step}")
         return state, step
 
     # -- helpers -----------------------------------------------------------------------------
+    def _say(self, message: str) -> None:
+        logging.info(message)
+        if self.primary:
+            print(message, flush=True)
+
     def _save(self, state, step: int, pending: list, host_info: list) -> None:
         """Saves the state with the sampler and the not-yet-logged metrics of the current log interval, so
         a run resumed between two log steps writes the same log line as an uninterrupted one."""
