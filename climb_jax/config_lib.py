@@ -133,6 +133,7 @@ def base_config() -> ConfigDict:
             max_pairs_per_file=0,  # 0 = all pairs
             batch_size=256,  # masked copies per scoring batch
             perplexity_sequences=64,  # dev sequences for pseudo-perplexity; 0 = skip
+            mlm_sequences=256,  # dev sequences for the fixed-mask MLM loss (one pass each); 0 = skip
             at_end=True,
         )
     )
