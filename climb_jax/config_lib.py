@@ -211,6 +211,7 @@ def apply_smoke(c: ConfigDict) -> None:
     c.trainer.eval_every = 0
     c.eval.max_pairs_per_file = 10
     c.eval.perplexity_sequences = 8
+    c.eval.mlm_sequences = 16
     c.data_curriculum.update_every = 100
     c.data_curriculum.rescore_batch_size = 64
 

@@ -121,10 +121,31 @@ def run_evaluation(params, setup: RunSetup, data, config: ConfigDict, step: int,
     if ev.perplexity_sequences > 0 and data.dev is not None and len(data.dev) > 0:
         result["perplexity"] = pseudo_perplexity(params, setup.model, np.asarray(data.dev.input_ids),
                                                  batch_size=ev.batch_size, num_sequences=ev.perplexity_sequences)
+    if ev.get("mlm_sequences", 0) > 0 and data.dev is not None and len(data.dev) > 0:
+        from climb_jax.eval.perplexity import mlm_loss
+
+        result.setdefault("perplexity", {}).update(
+            mlm_loss(params, setup.model, np.asarray(data.dev.input_ids), num_sequences=ev.mlm_sequences))
     return result
 
 
 # --------------------------------------------------------------------------------------------
+
+
+def _check_eval_suites(config: ConfigDict) -> None:
+    """Reads the evaluation suites the run will score (pure Python, no JAX), so a missing or malformed
+    file is reported before training rather than when the first evaluation is due."""
+    ev = config.eval
+    if not (ev.at_end or config.trainer.eval_every):
+        return
+    from climb_jax.eval.suites import load_suite
+
+    for key in ("blimp_dir", "supplement_dir"):
+        if ev[key]:
+            try:
+                load_suite(ev[key], max_pairs_per_file=ev.max_pairs_per_file)
+            except ClimbError as e:
+                raise type(e)(f"eval.{key}: {e}") from None
 
 
 class Trainer:
@@ -134,6 +155,7 @@ class Trainer:
         """`stop_at` ends the run early (with a checkpoint) without changing its schedule: for tests and
         for splitting a run into jobs."""
         config_lib.validate(config)
+        _check_eval_suites(config)
         self.stop_at = stop_at
         self.config = config
         self.workdir = epath.Path(workdir)
@@ -159,10 +181,6 @@ class Trainer:
         self._say(f"model: {c.model.size} ({self.setup.model.num_layers} layers, width {self.setup.model.hidden_size}), "
                   f"{c.trainer.total_steps} steps of {c.trainer.batch_size} x {c.data.seq_len} tokens, "
                   f"{c.model.dtype} activations")
-        if self.primary:
-            write_json(self.workdir / "config.json", json.loads(c.to_json_best_effort()))
-            # The run's own copy, for evaluation and export without the data cache.
-            self.data.tokenizer.save_pretrained(str(self.workdir / "tokenizer"))
         dc = c.data_curriculum
         self.sampler = BatchSampler(
             len(self.data.train), c.trainer.batch_size, c.seed,
@@ -178,11 +196,20 @@ class Trainer:
         self.metrics = MetricsLog(self.workdir / "metrics.jsonl", enabled=self.primary)
         self.schedules = optim.schedules(c.trainer, self.setup.units)
 
+    def _write_run_files(self) -> None:
+        """config.json and the run's own tokenizer copy (for evaluation and export without the data cache).
+        Written only once the checkpoints are known to fit this config, so a rerun with mistaken settings
+        never overwrites the record of the run it refused to resume."""
+        if self.primary:
+            write_json(self.workdir / "config.json", json.loads(self.config.to_json_best_effort()))
+            self.data.tokenizer.save_pretrained(str(self.workdir / "tokenizer"))
+
     def _init_or_restore(self):
         abstract = self.setup.abstract_state(lambda shapes: self.state_sharding)
         found = self.checkpointer.restore_latest(abstract)
         if found is None:
             init = jax.jit(lambda: self.setup.init_state(self.config.seed), out_shardings=self.state_sharding)
+            self.metrics.truncate_after(0)  # lines of an earlier attempt killed before its first checkpoint
             return init(), 0
         state, meta, host, step = found
         self._restored_pending = (_from_lists(meta.get("pending_metrics", [])),
@@ -294,6 +321,7 @@ class Trainer:
         c = self.config
         self._prepare()
         state, start = self._init_or_restore()
+        self._write_run_files()
         total = c.trainer.total_steps
         step_fn = self.setup.train_step()
         step_fn.__name__ = TRAIN_STEP_NAME
@@ -326,7 +354,9 @@ class Trainer:
                     step = step_idx + 1
                     bar.update(1)
                     is_last = step == total
-                    if step % c.trainer.log_every == 0 or is_last or preempt.requested:
+                    # Not on preemption: the checkpoint carries the interval's pending metrics, so the resumed run
+                    # writes the same log lines as an uninterrupted one.
+                    if step % c.trainer.log_every == 0 or is_last:
                         rec = self._log_record(step, pending, t0, steps_done, host_info)
                         if not math.isfinite(rec["loss"]) or not math.isfinite(rec["grad_norm"]):
                             raise TrainingDiverged(
