@@ -1,7 +1,7 @@
 """BLiMP pseudo-log-likelihood throughput: our evaluator vs the BabyLM pipeline's way, same weights.
 
     python benchmarks/blimp_eval.py --quick            # 67 pairs (one per paradigm), 3 rounds
-    python benchmarks/blimp_eval.py --pairs_per_file=20 --rounds=3
+    python benchmarks/blimp_eval.py --pairs_per_file=5 --rounds=2 --threads=1   # per-core comparison
 
 Ours: `climb_jax.eval.blimp.BlimpEvaluator` (JAX; masked copies bucketed by length into fixed
 shapes, the vocabulary head run only at the masked position).
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-if "--threads=1" in sys.argv:  # must precede JAX's start-up: one XLA compute thread
+if "--threads=1" in sys.argv or ("--threads", "1") in zip(sys.argv, sys.argv[1:]):  # before JAX starts
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -136,8 +136,8 @@ def main(argv=None) -> None:
                    help="multiplies the random kernels so predictions are not near-uniform (clear decisions)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0,
-                   help="compute threads for both (0 = library defaults); --threads=1 gives a per-core "
-                        "comparison that other processes on a shared machine disturb less")
+                   help="1: one compute thread for both (XLA and torch), a per-core comparison that other "
+                        "processes on a shared machine disturb less; 0: library defaults")
     args = p.parse_args(argv)
     if args.quick:
         args.pairs_per_file, args.rounds = 1, 3

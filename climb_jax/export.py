@@ -41,11 +41,18 @@ def _check_target(out: Path) -> None:
         )
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def export_model(params: Mapping[str, Any], cfg: RobertaConfig, tokenizer, out_dir: str | os.PathLike) -> Path:
     """Writes `params` (our masked-LM tree) and `tokenizer` as a Hugging Face checkpoint in `out_dir`.
 
-    Files are written to a temporary sibling directory first and then moved in, so an interrupted
-    export never leaves a half-written checkpoint under the final name. Returns the directory.
+    Files are written to a temporary sibling directory first and then renamed into place, so no
+    file under `out_dir` is ever half-written. A non-empty `out_dir` that is not a previous export
+    is refused rather than mixed into. Returns the directory.
     """
     from safetensors.numpy import save_file
 
@@ -66,7 +73,10 @@ def export_model(params: Mapping[str, Any], cfg: RobertaConfig, tokenizer, out_d
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         out.mkdir(exist_ok=True)
+        mode = 0o666 & ~_umask()  # safetensors writes its file private; make it like any other
         for item in tmp.iterdir():
+            if item.is_file():
+                item.chmod(mode)
             os.replace(item, out / item.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -7,6 +7,7 @@ Overrides: `--config.trainer.lr=3e-4`. Errors a user can fix are printed without
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -88,9 +89,32 @@ def _plot(config, workdir) -> None:
         logging.warning("could not draw the curriculum plot: %s", e)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with mistakes in `--config.<key>=<value>` overrides reported as a ClimbError
+    (one line, exit 2) instead of ml_collections' traceback (a misspelt key) or absl's usage dump."""
+    try:
+        return flags.FLAGS(argv)
+    except ClimbError:
+        raise
+    except flags.Error as e:
+        raise ClimbError(str(e).rstrip(". ")) from None
+    except (AttributeError, KeyError) as e:
+        inner = e
+        while isinstance(inner, BaseException) and inner.args:  # KeyError wrapped in AttributeError
+            inner = inner.args[0]
+        first, _, rest = str(inner).partition("\n")
+        key = first.strip().strip("'\"")
+        hint = re.search(r'Did you mean "([^"]+)"', rest)
+        culprits = [a.split("=", 1)[0] for a in argv
+                    if a.startswith("--config.") and key in a.split("=", 1)[0].split(".")[1:]]
+        where = culprits[0] if culprits else "a --config.<key> override"
+        raise ClimbError(f"unknown config key in {where}: there is no field '{key}'."
+                         + (f" Did you mean '{hint.group(1)}'?" if hint else "")) from None
+
+
 def main() -> None:
     try:
-        app.run(run)
+        app.run(run, flags_parser=_parse_flags)
     except ClimbError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)

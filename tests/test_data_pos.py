@@ -89,6 +89,8 @@ def test_missing_tagger_says_how_to_install(tmp_path, monkeypatch, nltk_data):
 
     monkeypatch.delenv("NLTK_DATA", raising=False)
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "empty")])
+    # Without the package's bundled copy too (a build that strips package data), the error says what to install.
+    monkeypatch.setattr(pos_lib, "BUNDLED_TAGGER", tmp_path / "no_bundled_tagger.tar.xz")
     with pytest.raises(DataError) as e:
         pos_lib.PosTagger(str(tmp_path / "empty"))
     msg = str(e.value)

@@ -1,14 +1,23 @@
 """Checkpoints with orbax: the train state, the data sampler's position and scores, and run metadata.
 
 Saves are atomic (orbax writes into a temporary directory and renames it when complete), so a run
-killed mid-save leaves the previous checkpoint intact. On restore, a checkpoint that cannot be read
-(truncated or corrupt files) is reported and the next older one is tried; nothing is deleted.
+killed mid-save leaves the previous checkpoint intact. Every save records a CRC32 of each state leaf in
+its metadata; on restore, a checkpoint that cannot be read (truncated files) or whose contents no
+longer match those checksums (flipped bits that still decode) is reported and the next older one is
+tried. Nothing is deleted: when training reaches the step of such a checkpoint again, the bad one is
+moved to `<checkpoints>.unreadable/` before the new one is written. A checkpoint whose shapes do not
+fit the current config (a changed vocabulary or model size) is a configuration mistake, not damage:
+it stops the run with a message instead of falling back. A failed write (a full disk) is reported
+with the step that is still usable.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import warnings
+import zlib
 from typing import Any
 
 import jax
@@ -29,21 +38,76 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._unreadable: set[int] = set()
+        self._pending: int | None = None
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, state, meta: dict, host: dict[str, np.ndarray] | None = None) -> None:
+        self._wait(self._pending)  # a failed earlier (asynchronous) save is reported with its own step
+        if step in self._unreadable:
+            self._move_aside(step)
+        checksums = state_checksums(state)
+        if checksums is not None:
+            meta = dict(meta, checksums=checksums)
         items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         if host:
             items["host"] = ocp.args.StandardSave(host)
-        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        self._pending = step
+        try:
+            self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        except Exception as e:  # noqa: BLE001 - classified by _write_error
+            raise self._write_error(step, e) from None
+
+    def _wait(self, step: int | None) -> None:
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - classified by _write_error
+            raise self._write_error(step, e) from None
+        self._pending = None
+
+    def _write_error(self, step: int | None, e: Exception) -> Exception:
+        """A `CheckpointError` for a failed write (full disk, no permission), else `e` unchanged."""
+        text = str(e)
+        if not (isinstance(e, OSError) or "os_error_code" in text or "RESOURCE_EXHAUSTED" in text):
+            return e
+        if getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in text:
+            why = "No space left on device (the disk is full)"
+        else:
+            why = text.splitlines()[0][:300]
+        self.manager.reload()
+        kept = [s for s in self.all_steps() if step is None or s < step]
+        what = f"the checkpoint of step {step}" if step is not None else "a checkpoint"
+        return CheckpointError(
+            f"could not write {what} to {self.directory}: {why}. "
+            + (f"The checkpoint of step {kept[-1]} is complete and kept; free space (or choose another --workdir) "
+               "and rerun the same command to resume from it." if kept else
+               "No earlier checkpoint exists; free space (or choose another --workdir) and rerun.")
+        )
+
+    def _move_aside(self, step: int) -> None:
+        """Moves a checkpoint found unreadable out of orbax's directory, so a new one of the same step can be
+        written; the old files are kept for inspection."""
+        root = self.directory.parent / f"{self.directory.name}.unreadable"
+        if jax.process_index() == 0:  # one process moves it; the others wait below
+            root.mkdir(parents=True, exist_ok=True)
+            dest, i = root / str(step), 1
+            while dest.exists():
+                dest, i = root / f"{step}-{i}", i + 1
+            (self.directory / str(step)).rename(dest)
+            print(f"moved the unreadable checkpoint of step {step} to {dest} (kept for inspection)", flush=True)
+        if jax.process_count() > 1:
+            ocp.multihost.sync_global_processes(f"climb_jax_move_aside_{step}")
+        self.manager.reload()
+        self._unreadable.discard(step)
 
     def restore(self, step: int, abstract_state, with_host: bool = False):
         items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
         if with_host:
             items["host"] = ocp.args.StandardRestore()
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
+        _verify_checksums(out["state"], out["meta"], step)
         return out["state"], out["meta"], (out["host"] if with_host else None)
 
     def has_host(self, step: int) -> bool:
@@ -51,7 +115,7 @@ class Checkpointer:
 
     def restore_latest(self, abstract_state):
         """(state, meta, host, step) of the newest readable checkpoint, or None when there is none."""
-        self.manager.wait_until_finished()
+        self._wait(self._pending)
         steps = self.all_steps()
         for step in reversed(steps):
             try:
@@ -59,9 +123,19 @@ class Checkpointer:
                 _check_finite(state, step)
                 return state, meta, host, step
             except Exception as e:  # noqa: BLE001 - any failure to read means "do not use this one"
+                mismatch = self._shape_mismatch(step, abstract_state)
+                if mismatch:
+                    raise CheckpointError(
+                        f"the checkpoint of step {step} in {self.directory} does not fit this run's config: "
+                        f"{mismatch}. The model or data settings (data.vocab_size, the corpus, model.*, the "
+                        "objective units) changed since it was written. Rerun with the settings the run was "
+                        "started with (its config.json), or choose a new --workdir."
+                    ) from None
+                self._unreadable.add(step)
                 logging.warning("checkpoint at step %d in %s cannot be restored (%s: %s); trying an older one",
                                 step, self.directory, type(e).__name__, str(e).splitlines()[0][:300])
-                print(f"warning: checkpoint at step {step} is unreadable ({type(e).__name__}); "
+                print(f"warning: checkpoint at step {step} is unreadable ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:200] if str(e) else '-'}); "
                       "falling back to an older checkpoint", flush=True)
         if steps:
             raise CheckpointError(
@@ -70,12 +144,73 @@ class Checkpointer:
             )
         return None
 
+    def _shape_mismatch(self, step: int, abstract_state) -> str:
+        """What differs between the saved state's shapes and this config's ("" if they agree or the
+        checkpoint's metadata cannot be read, i.e. the checkpoint is damaged rather than different)."""
+        try:
+            with warnings.catch_warnings(), ocp.StandardCheckpointer() as reader:
+                warnings.simplefilter("ignore")
+                saved = reader.metadata(self.directory / str(step) / "state").item_metadata
+            saved_shapes = {_path_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(saved)
+                            if getattr(x, "shape", None) is not None}
+        except Exception:  # noqa: BLE001 - unreadable metadata: damage, handled by the caller
+            return ""
+        want = {_path_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(abstract_state)}
+        if not saved_shapes:
+            return ""
+        only = sorted(set(want) ^ set(saved_shapes))
+        if only:
+            return (f"{len(only)} state entries exist in only one of them (e.g. {only[0]}: "
+                    f"{'in the checkpoint' if only[0] in saved_shapes else 'in this config'} only)")
+        diff = [k for k in want if want[k] != saved_shapes[k]]
+        if not diff:
+            return ""
+        emb = next((k for k in diff if k.endswith("word_embeddings/embedding")), None)
+        if emb is not None:
+            return (f"its vocabulary has {saved_shapes[emb][0]} tokens but the tokenizer of this run has "
+                    f"{want[emb][0]}")
+        return f"{diff[0]} is {saved_shapes[diff[0]]} in the checkpoint and {want[diff[0]]} in this config"
+
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        self._wait(self._pending)
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self._wait(self._pending)
         self.manager.close()
+
+
+def _path_name(path) -> str:
+    """'params/encoder/...' for any pytree key path (dict keys, attributes, sequence indices)."""
+    parts = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+    return "/".join(parts)
+
+
+def state_checksums(state) -> dict[str, int] | None:
+    """CRC32 of every leaf's bytes, by path. None when part of the state lives on other hosts (a
+    multi-host sharded state); orbax's own files are then all a restore can check."""
+    leaves = jax.tree_util.tree_leaves_with_path(state)
+    if not all(getattr(x, "is_fully_addressable", True) for _, x in leaves):
+        return None
+    values = jax.device_get([x for _, x in leaves])
+    return {_path_name(p): zlib.crc32(np.ascontiguousarray(v).view(np.uint8)) for (p, _), v in zip(leaves, values)}
+
+
+def _verify_checksums(state, meta: dict, step: int) -> None:
+    recorded = (meta or {}).get("checksums")
+    if not recorded:
+        return  # written before checksums were recorded, or by a multi-host run
+    now = state_checksums(state)
+    if now is None:
+        return
+    bad = sorted(k for k in recorded if now.get(k) != recorded[k])
+    if bad or set(now) != set(recorded):
+        raise CheckpointError(f"checkpoint {step}: {bad[0] if bad else 'the state'} does not match the checksum "
+                              "recorded when it was saved (its files were changed or damaged)")
 
 
 def _check_finite(state, step: int) -> None:

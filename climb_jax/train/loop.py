@@ -209,7 +209,9 @@ class Trainer:
         found = self.checkpointer.restore_latest(abstract)
         if found is None:
             init = jax.jit(lambda: self.setup.init_state(self.config.seed), out_shardings=self.state_sharding)
-            self.metrics.truncate_after(0)  # lines of an earlier attempt killed before its first checkpoint
+            old = self.metrics.set_aside()  # lines of an earlier attempt killed before its first checkpoint
+            if old:
+                self._say(f"no checkpoint to resume from: the earlier metrics log was moved to {old}")
             return init(), 0
         state, meta, host, step = found
         self._restored_pending = (_from_lists(meta.get("pending_metrics", [])),

@@ -100,7 +100,27 @@ class MetricsLog:
                     kept.append(line)
             except (json.JSONDecodeError, KeyError):
                 break  # a torn last line from a killed run
-        self.path.write_text("".join(l + "\n" for l in kept))
+        text = "".join(l + "\n" for l in kept)
+        if is_local(self.path):  # never a half-written log if killed while rewriting it
+            tmp = str(self.path) + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, str(self.path))
+        else:
+            self.path.write_text(text)
+
+    def set_aside(self) -> str | None:
+        """Renames a log that a run starting from step 0 would otherwise extend (lines of an attempt killed
+        before its first checkpoint, or of a run whose checkpoints were moved away): kept, never mixed in."""
+        if not self.enabled or not self.path.exists() or not self.path.read_text().strip():
+            return None
+        n = 1
+        while (dest := self.path.parent / f"{self.path.name}.old-{n}").exists():
+            n += 1
+        self.path.rename(dest)
+        return str(dest)
 
     def write(self, record: dict) -> None:
         if not self.enabled:

@@ -1,0 +1,495 @@
+"""Tokens/s of our jitted train step against the PyTorch reference, interleaved in one process.
+
+  python benchmarks/train_step.py --quick     # `small`, global batch 32 x 128, a few timed rounds
+  python benchmarks/train_step.py             # `small`, more rounds
+  python benchmarks/train_step.py --full      # `small`, `medium` and `large`
+  python benchmarks/train_step.py --tiny      # a 2-layer model: checks the benchmark itself, in seconds
+  python benchmarks/train_step.py --quick --breakdown   # also time the parts of our step
+
+Ours: `RunSetup.train_step()` jitted the way `climb_jax.train.loop` does it (mesh shardings, the state
+donated), from the `configs/vanilla.py` preset of each size. The reference is the CLIMB seed's stack:
+Hugging Face `RobertaPreLayerNormForMaskedLM` (config from `hf_config_dict`, loaded with OUR initial
+weights, default attention implementation), `torch.optim.AdamW` with the same hyper-parameters,
+gradient clipping and `get_linear_schedule_with_warmup`, and Hugging Face's MLM masking
+(`DataCollatorForLanguageModeling`'s rule: each non-special token masked with probability 0.15,
+80/10/10 mask/random/keep, labels -100 elsewhere, loss through the model's `labels`). Both see the
+same synthetic batch (Zipf-distributed ids, English-like POS tags), in training mode (dropout on).
+
+The two are timed in interleaved rounds (ours, torch, torch, ours, ...); each keeps its best round.
+Both use every usable core: XLA's CPU thread pool does by default, and torch is set to
+`torch.set_num_threads(cores)`.
+
+Output, one JSON object per line: the environment, the matmul peak, one line per implementation and
+size (`impl`, `size`, `batch`, `seq`, `tokens_per_s`, `step_s`, ...), and a summary per size with the
+ratio, the model FLOPs per token (see `common.flops_per_token`), achieved FLOP/s and utilisation of the
+measured float32 matmul peak. Correctness checks: both models give the same logits on the same weights
+(`logits_max_abs_diff`), and our step compiles exactly once (`compiles`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# OpenMP's default spin-waiting makes torch's threads stall whenever another process takes a core (50x
+# slower steps on a busy 2-core machine); passive waiting costs nothing measurable on an idle one.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+from climb_jax.constants import MASK_ID, NUM_SPECIAL  # noqa: E402
+from climb_jax.curriculum import vocabulary  # noqa: E402
+from climb_jax.models.roberta import RobertaForMaskedLM  # noqa: E402
+from climb_jax.parallel import mesh as mesh_lib  # noqa: E402
+from climb_jax.train.compile_count import CompileCounter  # noqa: E402
+from climb_jax.train.masking import num_targets  # noqa: E402
+from climb_jax.train.setup import RunSetup  # noqa: E402
+
+STEP_NAME = "train_step"
+
+
+# --------------------------------------------------------------------------------------------
+# Ours.
+
+
+def make_config(size: str, batch: int, seq: int, dtype: str = "float32"):
+    if size == "tiny":
+        config = common.load_config("vanilla", "tiny")
+        common.shrink_to_tiny(config, seq=seq)
+    else:
+        config = common.load_config("vanilla", size)
+        config.data.seq_len = seq
+    config.trainer.batch_size = batch
+    config.model.dtype = dtype
+    return config
+
+
+class OurStep:
+    """The train step exactly as the training loop compiles and calls it."""
+
+    def __init__(self, config, counter: CompileCounter):
+        vocab = config.data.vocab_size
+        self.setup = RunSetup.from_config(config, vocab_size=vocab, token_rank=vocabulary.token_rank_table(vocab))
+        self.mesh = mesh_lib.create_mesh(config.mesh)
+        state_sharding = mesh_lib.state_shardings(self.setup.abstract_state(), self.mesh)
+        self.batch_sharding = mesh_lib.batch_sharding(self.mesh)
+        self.state = jax.jit(lambda: self.setup.init_state(config.seed), out_shardings=state_sharding)()
+        self.initial_params = jax.device_get(self.state.params)
+        fn = self.setup.train_step()
+        fn.__name__ = STEP_NAME
+        self.step_fn = jax.jit(fn, in_shardings=(state_sharding, self.batch_sharding),
+                               out_shardings=(state_sharding, None), donate_argnums=0)
+        self.counter = counter
+        self.batch = None
+        self.last_loss = float("nan")
+
+    def set_batch(self, batch: dict[str, np.ndarray]) -> None:
+        self.batch = mesh_lib.global_batch(batch, self.batch_sharding)
+
+    def run(self, steps: int) -> None:
+        metrics = None
+        for _ in range(steps):
+            self.state, metrics = self.step_fn(self.state, self.batch)
+        jax.block_until_ready((self.state, metrics))
+        self.last_loss = float(metrics["loss"])
+
+    def xla_flops(self) -> float | None:
+        """XLA's own count of the compiled step's FLOPs (a cross-check of the formula)."""
+        try:
+            cost = self.step_fn.lower(self.state, self.batch).compile().cost_analysis()
+            if isinstance(cost, (list, tuple)):
+                cost = cost[0]
+            return float(cost.get("flops", float("nan")))
+        except Exception:  # cost analysis is best-effort on some backends
+            return None
+
+
+# --------------------------------------------------------------------------------------------
+# The PyTorch reference.
+
+
+class TorchStep:
+    """The seed's stack: HF RobertaPreLayerNormForMaskedLM + torch AdamW + HF-style MLM masking."""
+
+    def __init__(self, model_cfg, params, trainer_cfg, threads: int):
+        import torch
+        import transformers
+        from transformers import RobertaPreLayerNormConfig, RobertaPreLayerNormForMaskedLM
+
+        from climb_jax.models.hf_convert import hf_config_dict, to_hf_state_dict
+
+        self.torch = torch
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        self.vocab = model_cfg.vocab_size
+        self.model = RobertaPreLayerNormForMaskedLM(RobertaPreLayerNormConfig(**hf_config_dict(model_cfg)))
+        state = {k: torch.from_numpy(v) for k, v in to_hf_state_dict(params, model_cfg).items()}
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("position_ids")]
+        if missing or unexpected:
+            raise RuntimeError(f"weights do not match the reference model: missing {missing}, unexpected {unexpected}")
+        self.model.train()
+        t = trainer_cfg
+        self.max_grad_norm = float(t.max_grad_norm)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=(t.adam_b1, t.adam_b2),
+                                     eps=t.adam_eps, weight_decay=t.weight_decay)
+        self.sched = transformers.get_linear_schedule_with_warmup(self.opt, t.warmup_steps, t.total_steps)
+        self.gen = torch.Generator().manual_seed(0)
+        self.mask_probability = float(t.mask_probability)
+        self.batch = None
+        self.last_loss = float("nan")
+        self.attn_implementation = getattr(self.model.config, "_attn_implementation", "unknown")
+
+    def set_batch(self, batch: dict[str, np.ndarray]) -> None:
+        self.batch = self.torch.from_numpy(np.asarray(batch["input_ids"], np.int64))
+
+    def mask(self, ids):
+        """DataCollatorForLanguageModeling's masking (mlm_probability, 80% <mask>, 10% random, 10% kept)."""
+        torch = self.torch
+        labels = ids.clone()
+        prob = torch.full(ids.shape, self.mask_probability)
+        prob.masked_fill_(ids < NUM_SPECIAL, 0.0)
+        masked = torch.bernoulli(prob, generator=self.gen).bool()
+        labels[~masked] = -100
+        inputs = ids.clone()
+        replaced = torch.bernoulli(torch.full(ids.shape, 0.8), generator=self.gen).bool() & masked
+        inputs[replaced] = MASK_ID
+        rand = torch.bernoulli(torch.full(ids.shape, 0.5), generator=self.gen).bool() & masked & ~replaced
+        words = torch.randint(self.vocab, ids.shape, generator=self.gen)
+        inputs[rand] = words[rand]
+        return inputs, labels
+
+    def run(self, steps: int) -> None:
+        torch = self.torch
+        for _ in range(steps):
+            inputs, labels = self.mask(self.batch)
+            out = self.model(input_ids=inputs, attention_mask=torch.ones_like(inputs), labels=labels)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+            self.opt.step()
+            self.sched.step()
+            self.opt.zero_grad(set_to_none=True)
+        self.last_loss = float(out.loss.detach())
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        self.model.eval()
+        with torch.no_grad():
+            t = torch.from_numpy(np.asarray(ids, np.int64))
+            out = self.model(input_ids=t, attention_mask=torch.ones_like(t)).logits.numpy()
+        self.model.train()
+        return out
+
+
+def parity(ours: OurStep, ref: TorchStep, batch: dict[str, np.ndarray]) -> float:
+    """Max |logit difference| of the two models at the shared initial weights (dropout off)."""
+    ids = batch["input_ids"][:2]
+    model = RobertaForMaskedLM(ours.setup.model)
+    params = {"encoder": ours.initial_params["encoder"], "mlm_head": ours.initial_params["mlm_head"]}
+    mine = np.asarray(model.apply({"params": params}, jnp.asarray(ids), deterministic=True))
+    return float(np.max(np.abs(mine - ref.logits(ids))))
+
+
+# --------------------------------------------------------------------------------------------
+# Where our step's time goes.
+
+
+def breakdown(ours: OurStep, batch: dict[str, np.ndarray], steps: int, out: common.JsonLines, size: str) -> None:
+    """Times jitted parts of the step on the same weights and batch: the encoder forward with and
+    without dropout, the MLM forward (mask, encoder, head at the masked slots, loss), forward+backward,
+    and the whole step (adds clipping and AdamW). Differences locate the cost."""
+    from climb_jax.models.roberta import LMHead, RobertaEncoder
+    from climb_jax.train.masking import mlm_mask
+
+    s = ours.setup.settings
+    cfg = s.model
+    encoder, head = RobertaEncoder(cfg), LMHead(cfg, cfg.vocab_size)
+    params = jax.device_put(ours.initial_params)
+    ids = jnp.asarray(batch["input_ids"])
+    key = jax.random.PRNGKey(0)
+
+    def loss(p, ids, key):
+        k_mask, k_drop = jax.random.split(key)
+        mb = mlm_mask(k_mask, ids, ids >= NUM_SPECIAL, mask_probability=s.mask_probability,
+                      random_probability=s.random_probability, unmask_probability=s.unmask_probability,
+                      vocab_size=s.vocab_size)
+        h = encoder.apply({"params": p["encoder"]}, mb.input_ids, None, deterministic=False, rngs={"dropout": k_drop})
+        picked = jnp.take_along_axis(h, mb.positions[..., None], axis=1)
+        logits = head.apply({"params": p["mlm_head"]}, picked)
+        import optax
+
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, mb.targets)
+        return (nll * mb.weights).sum() / jnp.maximum(mb.weights.sum(), 1.0)
+
+    parts = {
+        "encoder_fwd_no_dropout": jax.jit(lambda p, i, k: encoder.apply({"params": p["encoder"]}, i, None,
+                                                                        deterministic=True)),
+        "encoder_fwd": jax.jit(lambda p, i, k: encoder.apply({"params": p["encoder"]}, i, None, deterministic=False,
+                                                             rngs={"dropout": k})),
+        "mlm_fwd": jax.jit(loss),
+        "mlm_fwd_bwd": jax.jit(jax.value_and_grad(loss)),
+    }
+    runners = {}
+    for name, fn in parts.items():
+        jax.block_until_ready(fn(params, ids, key))
+
+        def run(n, fn=fn):
+            r = None
+            for i in range(n):
+                r = fn(params, ids, jax.random.fold_in(key, i))
+            jax.block_until_ready(r)
+
+        runners[name] = run
+    runners["full_step"] = ours.run
+    times = common.interleaved(runners, rounds=3, steps=steps)
+    for name, t in times.items():
+        out({"bench": "train_step_breakdown", "size": size, "part": name, **common.summarize(t)})
+
+
+# --------------------------------------------------------------------------------------------
+# A profile of our step: time per compiled op, grouped by kind and by pass.
+
+_INSTR = re.compile(r"^\s*(?:ROOT )?%(\S+) = (.+?) ([a-z][a-z0-9_\-]*)\((.*)$")
+_HEADER = re.compile(r"^(?:ENTRY )?%(\S+) .*\{$")
+_CONTAINERS = {"while", "conditional", "call", "async-start", "async-done"}
+_RNG_NAMES = ("_uniform", "_randint", "random_bits", "threefry", "_bernoulli", "_normal", "random_split",
+              "random_fold_in")
+
+
+def hlo_ops(hlo_text: str) -> dict[str, dict]:
+    """Instruction name -> opcode, op_name (the JAX source path) and, for fusions, the fused opcodes."""
+    computations: dict[str, set] = {}
+    instrs: dict[str, dict] = {}
+    current = None
+    for line in hlo_text.splitlines():
+        header = _HEADER.match(line)
+        if header and " = " not in line:
+            current = header.group(1)
+            computations[current] = set()
+            continue
+        m = _INSTR.match(line)
+        if not m:
+            continue
+        name, _, opcode, rest = m.groups()
+        if current is not None:
+            computations[current].add(opcode)
+        calls = re.search(r"calls=%([\w.\-]+)", rest)
+        op_name = re.search(r'op_name="([^"]*)"', rest)
+        target = re.search(r'custom_call_target="([^"]*)"', rest)
+        instrs[name] = {"opcode": opcode, "calls": calls.group(1) if calls else None,
+                        "op_name": op_name.group(1) if op_name else "", "target": target.group(1) if target else ""}
+    for info in instrs.values():
+        info["fused"] = computations.get(info["calls"], set()) if info["calls"] else set()
+    return instrs
+
+
+def classify(info: dict) -> tuple[str, str]:
+    """(kind, pass): kind is matmul, rng, container or other; pass is forward, backward or update."""
+    op, fused, name = info["opcode"], info["fused"], info["op_name"]
+    if op in _CONTAINERS:
+        kind = "container"
+    elif op in ("dot", "convolution") or fused & {"dot", "convolution"} or "matmul" in info["target"].lower():
+        kind = "matmul"
+    elif any(k in name for k in _RNG_NAMES) or {"xor", "shift-right-logical"} <= fused:
+        kind = "rng"
+    else:
+        kind = "other"
+    phase = "backward" if "transpose(" in name else "forward" if "jvp(" in name else "update"
+    return kind, phase
+
+
+def profile_ours(ours: OurStep, steps: int, out: common.JsonLines, size: str, trace_dir: str,
+                 executed_flops_per_step: float) -> None:
+    """Traces `steps` steps with jax.profiler and sums the time of every compiled op (over all threads):
+    by kind (matmul, rng, other) and pass (forward, backward, update), plus the most expensive matmul
+    and non-matmul ops."""
+    import collections
+    import glob
+
+    instrs = hlo_ops(ours.step_fn.lower(ours.state, ours.batch).compile().as_text())
+    ours.run(1)
+    t0 = time.perf_counter()
+    jax.profiler.start_trace(trace_dir)
+    ours.run(steps)
+    jax.profiler.stop_trace()
+    wall = (time.perf_counter() - t0) / steps
+    files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
+    data = jax.profiler.ProfileData.from_file(files[-1])
+    per_op: collections.Counter = collections.Counter()
+    busy: collections.Counter = collections.Counter()
+    for plane in data.planes:
+        for line in plane.lines:
+            for event in line.events:
+                stats = dict(event.stats)
+                name = stats.get("hlo_op")
+                if name is None or "train_step" not in str(stats.get("hlo_module", "")):
+                    continue
+                if instrs.get(name, {}).get("opcode") in _CONTAINERS:
+                    continue  # its body's ops are events of their own
+                per_op[name] += event.duration_ns / 1e9 / steps
+                busy[line.name] += event.duration_ns / 1e9 / steps
+    total = sum(per_op.values())
+    groups: collections.Counter = collections.Counter()
+    for name, sec in per_op.items():
+        groups[classify(instrs.get(name, {"opcode": "", "fused": set(), "op_name": "", "target": ""}))] += sec
+    matmul = sum(v for (k, _), v in groups.items() if k == "matmul")
+    out({"bench": "train_step_profile", "size": size, "steps": steps, "wall_step_s": round(wall, 4),
+         "op_time_per_step_s": round(total, 4), "threads_busy_s": sorted(round(v, 4) for v in busy.values()),
+         "by_kind_pass_pct": {f"{k}/{p}": round(100 * v / total, 1) for (k, p), v in groups.most_common()},
+         "matmul_pct": round(100 * matmul / total, 1),
+         # The matmuls' throughput while they run (a dot's event spans its intra-op parallel work).
+         "matmul_achieved_gflops": (round(executed_flops_per_step / max(matmul, 1e-12) / 1e9, 1)
+                                    if np.isfinite(executed_flops_per_step) else None)})
+    def kind(name):
+        info = instrs.get(name)
+        return classify(info)[0] if info else "?"
+
+    ranked = per_op.most_common()
+    top = [n for n, _ in ranked if kind(n) == "matmul"][:6] + [n for n, _ in ranked if kind(n) != "matmul"][:10]
+    for name in top:
+        sec = per_op[name]
+        info = instrs.get(name, {})
+        out({"bench": "train_step_profile_op", "size": size, "op": name, "opcode": info.get("opcode"),
+             "kind_pass": "/".join(classify(info)) if info else "?", "ms_per_step": round(1e3 * sec, 2),
+             "pct": round(100 * sec / total, 1), "source": info.get("op_name", "")[:160]})
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def bench_size(size: str, batch_size: int, seq: int, rounds: int, steps: int, peak: float, threads: int,
+               out: common.JsonLines, want_breakdown: bool, profile_dir: str = "", dtype: str = "float32") -> dict:
+    config = make_config(size, batch_size, seq, dtype)
+    counter = CompileCounter()
+    with counter:
+        ours = OurStep(config, counter)
+        ref = TorchStep(ours.setup.model, ours.initial_params, config.trainer, threads)
+        batch = common.synthetic_batch(0, batch_size, seq, config.data.vocab_size)
+        diff = parity(ours, ref, batch)
+        ours.set_batch(batch)
+        ref.set_batch(batch)
+        # Warm-up: compile ours, let torch allocate; the first losses are at the initial weights.
+        ours.run(1)
+        ref.run(1)
+        first = {"climb_jax": ours.last_loss, "torch": ref.last_loss}
+        cpu: dict[str, list[float]] = {}
+        times = common.interleaved({"climb_jax": ours.run, "torch": ref.run}, rounds=rounds, steps=steps, cpu=cpu)
+        compiles = counter.count(STEP_NAME)
+    tokens = batch_size * seq
+    k = num_targets(seq, config.trainer.mask_probability)
+    flops = common.flops_per_token(ours.setup.model, seq, head_positions=k)
+    rows = {}
+    for impl, t in times.items():
+        summary = common.summarize(t, cpu[impl])
+        row = {"bench": "train_step", "impl": impl, "size": size, "batch": batch_size, "seq": seq,
+               "dtype": dtype if impl == "climb_jax" else "float32",
+               "tokens_per_s": round(tokens / summary["step_s"], 1),
+               "tokens_per_s_median": round(tokens / summary["step_s_median"], 1), **summary,
+               "first_loss": round(first[impl], 4), "last_loss": round((ours if impl == "climb_jax" else ref).last_loss, 4)}
+        if impl == "climb_jax":
+            row["compiles"] = compiles
+            row["head_positions_per_row"] = k
+        else:
+            row["attn_implementation"] = ref.attn_implementation
+            row["threads"] = threads
+        rows[impl] = out(row)
+    # bfloat16 matmul inputs round to 8 bits of mantissa: compare loosely then.
+    tolerance = 1e-3 if dtype == "float32" else 0.1
+    xla = ours.xla_flops()
+    ours_tps, torch_tps = rows["climb_jax"]["tokens_per_s"], rows["torch"]["tokens_per_s"]
+    model_fs = flops["model"] * ours_tps
+    summary = {
+        "bench": "train_step_summary", "size": size, "batch": batch_size, "seq": seq, "dtype": dtype,
+        "ratio": round(ours_tps / torch_tps, 3),
+        "ratio_median": round(rows["climb_jax"]["tokens_per_s_median"] / rows["torch"]["tokens_per_s_median"], 3),
+        "ratio_cpu": round(rows["torch"]["cpu_s"] / rows["climb_jax"]["cpu_s"], 3),
+        "model_flops_per_token": round(flops["model"]),
+        "executed_flops_per_token": round(flops["executed"]),
+        "xla_flops_per_token": None if xla is None else round(xla / tokens),
+        "achieved_model_gflops": round(model_fs / 1e9, 2),
+        "achieved_executed_gflops": round(flops["executed"] * ours_tps / 1e9, 2),
+        "torch_achieved_gflops": round(flops["model"] * torch_tps / 1e9, 2),
+        "peak_gflops": peak,
+        "utilisation": round(model_fs / (peak * 1e9), 3),
+        "executed_utilisation": round(flops["executed"] * ours_tps / (peak * 1e9), 3),
+        "torch_utilisation": round(flops["model"] * torch_tps / (peak * 1e9), 3),
+        "logits_max_abs_diff": float(f"{diff:.3g}"),
+        "logits_tolerance": tolerance,
+        "compiles": compiles,
+        "target_ratio_1_5x": ours_tps / torch_tps >= 1.5,
+        "target_utilisation_70pct": model_fs / (peak * 1e9) >= 0.70,
+    }
+    out(summary)
+    if want_breakdown:
+        breakdown(ours, batch, steps, out, size)
+    if profile_dir:
+        profile_ours(ours, steps, out, size, os.path.join(profile_dir, size), flops["executed"] * tokens)
+    return summary
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="`small` only, 3 rounds of 2 steps")
+    mode.add_argument("--full", action="store_true", help="`small`, `medium` and `large`")
+    mode.add_argument("--tiny", action="store_true", help="a 2-layer model, batch 8 x 32: checks the benchmark")
+    parser.add_argument("--sizes", default="", help="comma-separated sizes (overrides the mode's)")
+    parser.add_argument("--batch", type=int, default=0, help="global batch (default 32; 8 with --tiny)")
+    parser.add_argument("--seq", type=int, default=0, help="sequence length (default 128; 32 with --tiny)")
+    parser.add_argument("--rounds", type=int, default=0, help="interleaved rounds")
+    parser.add_argument("--steps", type=int, default=0, help="steps per implementation per round")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="our compute dtype (model.dtype); the reference stays float32, as the seed ran")
+    parser.add_argument("--breakdown", action="store_true", help="also time the parts of our step")
+    parser.add_argument("--profile", default="", metavar="DIR",
+                        help="also trace our step with jax.profiler into DIR and print where its time goes")
+    parser.add_argument("--out", default="", help="also append the JSON lines to this file")
+    args = parser.parse_args(argv)
+
+    if args.tiny:
+        sizes, batch, seq, rounds, steps, peak_sizes = ["tiny"], 8, 32, 2, 2, (512,)
+    elif args.full:
+        sizes, batch, seq, rounds, steps, peak_sizes = ["small", "medium", "large"], 32, 128, 5, 2, (2048, 4096)
+    elif args.quick:
+        sizes, batch, seq, rounds, steps, peak_sizes = ["small"], 32, 128, 3, 2, (2048, 4096)
+    else:
+        sizes, batch, seq, rounds, steps, peak_sizes = ["small"], 32, 128, 6, 2, (2048, 4096)
+    sizes = [s for s in args.sizes.split(",") if s] or sizes
+    batch, seq = args.batch or batch, args.seq or seq
+    rounds, steps = args.rounds or rounds, args.steps or steps
+
+    import torch
+    import transformers
+
+    threads = common.usable_cores()
+    out = common.JsonLines(args.out or None)
+    out(common.environment("train_step", dtype=args.dtype, torch=torch.__version__, transformers=transformers.__version__,
+                           torch_threads=threads, jax_threads="all cores (XLA CPU default)",
+                           omp_wait_policy=os.environ.get("OMP_WAIT_POLICY")))
+    peak = common.matmul_peak(peak_sizes, dtype=args.dtype)
+    out({"bench": "matmul_peak", "dtype": args.dtype, **peak,
+         "torch_matmul_gflops_2048": common.torch_matmul_gflops(min(2048, max(peak_sizes)))})
+    results = [out.records[-1]]
+    for size in sizes:
+        results.append(bench_size(size, batch, seq, rounds, steps, peak["peak_gflops"], threads, out,
+                                  args.breakdown, args.profile, args.dtype))
+    for s in results[1:]:
+        if s["compiles"] != 1:
+            raise SystemExit(f"the train step compiled {s['compiles']} times for {s['size']}; expected 1")
+        if not s["logits_max_abs_diff"] < s["logits_tolerance"]:
+            raise SystemExit(f"the reference and our model disagree on the same weights (max |diff| "
+                             f"{s['logits_max_abs_diff']}) for {s['size']}")
+    return out.records
+
+
+if __name__ == "__main__":
+    main()
