@@ -135,6 +135,9 @@ def main(argv=None) -> None:
     p.add_argument("--weight_scale", type=float, default=4.0,
                    help="multiplies the random kernels so predictions are not near-uniform (clear decisions)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cpu_devices", type=int, default=0,
+                   help="ours: mesh.cpu_devices (0 = one XLA device per core, the copies split over them; "
+                        "1 = JAX's single CPU device). Ignored with --threads=1")
     p.add_argument("--threads", type=int, default=0,
                    help="1: one compute thread for both (XLA and torch), a per-core comparison that other "
                         "processes on a shared machine disturb less; 0: library defaults")
@@ -147,6 +150,14 @@ def main(argv=None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    mesh = None
+    if args.threads != 1:
+        from ml_collections import ConfigDict
+
+        from climb_jax.parallel import mesh as mesh_lib
+
+        mesh_lib.configure_cpu_devices(args.cpu_devices)  # before JAX starts
+        mesh = mesh_lib.create_mesh(ConfigDict(dict(data=-1, fsdp=1, model=1)))
     t0 = time.perf_counter()
     tok = train_tokenizer(Path(args.data) / "babylm_mini", 8192, args.tokenizer_lines)
     cfg = RobertaConfig(vocab_size=len(tok), **MODEL_SIZES["small"], max_position_embeddings=512)
@@ -155,7 +166,7 @@ def main(argv=None) -> None:
     params = jax.device_get(params)
     torch_model = build_torch_model(params, cfg)
     evaluator = BlimpEvaluator(cfg, tok, args.suite, batch_size=args.batch_size,
-                               max_pairs_per_file=args.pairs_per_file)
+                               max_pairs_per_file=args.pairs_per_file, mesh=mesh)
     sentences = [s for pair in evaluator.suite.pairs for s in (pair.good, pair.bad)]
     setup_s = time.perf_counter() - t0
     print(json.dumps({"setup": True, "pairs": evaluator.num_pairs, "sentences": len(sentences),

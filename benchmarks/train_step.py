@@ -5,9 +5,11 @@
   python benchmarks/train_step.py --full      # `small`, `medium` and `large`
   python benchmarks/train_step.py --tiny      # a 2-layer model: checks the benchmark itself, in seconds
   python benchmarks/train_step.py --quick --breakdown   # also time the parts of our step
+  python benchmarks/train_step.py --quick --cpu_devices=1   # ours on JAX's single CPU device
 
 Ours: `RunSetup.train_step()` jitted the way `climb_jax.train.loop` does it (mesh shardings, the state
-donated), from the `configs/vanilla.py` preset of each size. The reference is the CLIMB seed's stack:
+donated), from the `configs/vanilla.py` preset of each size, with `mesh.cpu_devices=0` (one XLA device
+per core, the batch split over them) unless `--cpu_devices` says otherwise. The reference is the CLIMB seed's stack:
 Hugging Face `RobertaPreLayerNormForMaskedLM` (config from `hf_config_dict`, loaded with OUR initial
 weights, default attention implementation), `torch.optim.AdamW` with the same hyper-parameters,
 gradient clipping and `get_linear_schedule_with_warmup`, and Hugging Face's MLM masking
@@ -103,12 +105,13 @@ class OurStep:
         self.last_loss = float(metrics["loss"])
 
     def xla_flops(self) -> float | None:
-        """XLA's own count of the compiled step's FLOPs (a cross-check of the formula)."""
+        """XLA's own count of the compiled step's FLOPs (a cross-check of the formula), for the whole
+        batch: the compiled program is one device's share, so its count is multiplied by the devices."""
         try:
             cost = self.step_fn.lower(self.state, self.batch).compile().cost_analysis()
             if isinstance(cost, (list, tuple)):
                 cost = cost[0]
-            return float(cost.get("flops", float("nan")))
+            return float(cost.get("flops", float("nan"))) * self.mesh.size
         except Exception:  # cost analysis is best-effort on some backends
             return None
 
@@ -396,6 +399,7 @@ def bench_size(size: str, batch_size: int, seq: int, rounds: int, steps: int, pe
                "tokens_per_s_median": round(tokens / summary["step_s_median"], 1), **summary,
                "first_loss": round(first[impl], 4), "last_loss": round((ours if impl == "climb_jax" else ref).last_loss, 4)}
         if impl == "climb_jax":
+            row["devices"] = ours.mesh.size
             row["compiles"] = compiles
             row["head_positions_per_row"] = k
         else:
@@ -452,8 +456,12 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--breakdown", action="store_true", help="also time the parts of our step")
     parser.add_argument("--profile", default="", metavar="DIR",
                         help="also trace our step with jax.profiler into DIR and print where its time goes")
+    parser.add_argument("--cpu_devices", type=int, default=0,
+                        help="our run's mesh.cpu_devices: 0 = one XLA device per core (data parallel; the "
+                             "recommended CPU setting), 1 = JAX's single CPU device")
     parser.add_argument("--out", default="", help="also append the JSON lines to this file")
     args = parser.parse_args(argv)
+    mesh_lib.configure_cpu_devices(args.cpu_devices)  # before JAX starts
 
     if args.tiny:
         sizes, batch, seq, rounds, steps, peak_sizes = ["tiny"], 8, 32, 2, 2, (512,)
@@ -474,6 +482,7 @@ def main(argv=None) -> list[dict]:
     out = common.JsonLines(args.out or None)
     out(common.environment("train_step", dtype=args.dtype, torch=torch.__version__, transformers=transformers.__version__,
                            torch_threads=threads, jax_threads="all cores (XLA CPU default)",
+                           cpu_devices=args.cpu_devices,
                            omp_wait_policy=os.environ.get("OMP_WAIT_POLICY")))
     peak = common.matmul_peak(peak_sizes, dtype=args.dtype)
     out({"bench": "matmul_peak", "dtype": args.dtype, **peak,

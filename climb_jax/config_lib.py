@@ -173,7 +173,16 @@ def base_config() -> ConfigDict:
         )
     )
 
-    c.mesh = ConfigDict(dict(data=-1, fsdp=1, model=1))
+    c.mesh = ConfigDict(
+        dict(
+            data=-1,  # -1: every device not used by fsdp x model
+            fsdp=1,
+            model=1,
+            # On CPU: split the host into this many XLA devices (0 = one per core; 1 = JAX's default).
+            # A data-parallel mesh over them keeps all cores busy, ~1.3x faster steps on 2 cores.
+            cpu_devices=1,
+        )
+    )
     c.distributed = ConfigDict(
         dict(
             initialize=False,  # call jax.distributed.initialize() (auto-detected on Cloud TPU)

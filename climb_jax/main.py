@@ -55,6 +55,10 @@ def run(argv) -> None:
     if not _WORKDIR.value:
         raise ClimbError("--workdir is required: the directory the run writes to (and resumes from).")
     workdir = _WORKDIR.value
+    if "mesh" in config and "distributed" in config:
+        from climb_jax.parallel import mesh as mesh_lib
+
+        mesh_lib.setup_runtime(config)  # before anything starts JAX
     if config.get("mode", "pretrain") == "finetune":
         from climb_jax.eval import finetune
 

@@ -4,33 +4,38 @@ starts it once with 1 CPU device and once with 8 fake ones (XLA_FLAGS set before
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 KINDS = {
     "vanilla": ("vanilla", "smoke", {}),
     "vocab": ("vanilla", "smoke", {"vocab_curriculum": dict(kind="pos_tags_and_token_ids")}),
-    "data": ("vanilla", "smoke", {"data_curriculum": dict(scorer="self_perplexity", update_every=10,
+    "data": ("vanilla", "smoke", {"data_curriculum": dict(scorer="self_perplexity", update_every=50,
                                                          rescore_batch_size=32)}),
     "objective": ("objective_cl", "multitask_pos_nv_all_mlm,smoke", {}),
 }
 
 
-def main(shared: str, cache: str, out: str, kinds: str) -> None:
-    import jax
-
+def main(shared: str, cache: str, out: str, kinds: str, cpu_devices: str = "1") -> None:
+    """`cpu_devices` other than 1 sets `mesh.cpu_devices`, so the run itself splits the CPU: JAX must not
+    start before the first Trainer does."""
     from climb_jax.train.loop import Trainer
     from tests.helpers import tiny_config
 
-    result = {"devices": jax.device_count()}
+    result = {}
     for kind in kinds.split(","):
         name, arg, sections = KINDS[kind]
         c = tiny_config(Path(shared), Path(cache), name=name, arg=arg, **sections)
-        c.trainer.total_steps = 30
-        c.trainer.log_every = 5
-        workdir = Path(out) / f"{kind}_{jax.device_count()}"
+        c.trainer.total_steps = 200
+        c.trainer.log_every = 10
+        c.mesh.cpu_devices = int(cpu_devices)
+        workdir = Path(out) / f"{kind}_{os.getpid()}"
         Trainer(c, str(workdir), progress=False).run()
         result[kind] = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    import jax
+
+    result["devices"] = jax.device_count()
     print("RESULT " + json.dumps(result))
 
 

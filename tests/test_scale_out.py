@@ -15,11 +15,15 @@ from tests.conftest import REPO
 KINDS = "vanilla,vocab,data,objective"
 
 
-def _run(devices: int, shared, cache, out) -> dict:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    proc = subprocess.run([sys.executable, "-m", "tests.equivalence_driver", str(shared), str(cache), str(out), KINDS],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+def _run(devices: int, shared, cache, out, kinds: str = KINDS, cpu_devices: int = 1) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    env.pop("JAX_NUM_CPU_DEVICES", None)
+    if devices:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    else:
+        env.pop("XLA_FLAGS", None)
+    proc = subprocess.run([sys.executable, "-m", "tests.equivalence_driver", str(shared), str(cache), str(out), kinds,
+                           str(cpu_devices)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
     return json.loads(line[len("RESULT "):])
@@ -43,6 +47,29 @@ def test_one_and_eight_devices_give_the_same_losses(shared_data, nltk_data, tmp_
                     assert x[key] == pytest.approx(y[key], abs=1e-6), (kind, key)
     print("max |loss(1 device) - loss(8 devices)|:", json.dumps(worst))
     assert max(worst.values()) < 2e-3, worst
+
+    # The same vanilla run with `mesh.cpu_devices=2`: the run splits the CPU itself, before JAX starts.
+    two = _run(0, shared_data, cache, tmp_path, kinds="vanilla", cpu_devices=2)
+    assert two["devices"] == 2
+    assert [r["step"] for r in two["vanilla"]] == [r["step"] for r in one["vanilla"]]
+    assert max(abs(x["loss"] - y["loss"]) for x, y in zip(one["vanilla"], two["vanilla"])) < 2e-3
+
+
+def test_cpu_device_count_and_late_request():
+    import jax
+
+    from climb_jax.errors import ConfigError
+
+    assert mesh_lib.cpu_device_count(3) == 3
+    assert mesh_lib.cpu_device_count(0) == len(os.sched_getaffinity(0))
+    with pytest.raises(ConfigError, match="cpu_devices must be"):
+        mesh_lib.cpu_device_count(-2)
+    mesh_lib.configure_cpu_devices(1)  # the default never touches JAX
+    jax.devices()
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        wanted = jax.device_count() + 1
+        with pytest.raises(ConfigError, match=f"JAX_NUM_CPU_DEVICES={wanted}"):
+            mesh_lib.configure_cpu_devices(wanted)
 
 
 def test_mesh_shapes_and_errors():

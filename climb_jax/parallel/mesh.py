@@ -7,6 +7,7 @@ One code path for 1 CPU, 8 fake CPU devices, one GPU and multi-host TPU slices: 
 
 from __future__ import annotations
 
+import os
 import re
 
 import jax
@@ -21,10 +22,59 @@ AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
 
 
+def _backend_started() -> bool:
+    from jax._src import xla_bridge
+
+    return bool(xla_bridge._backends)
+
+
+def cpu_device_count(requested: int) -> int:
+    """`mesh.cpu_devices`: 1 keeps JAX's single CPU device; 0 means one device per usable core; n > 1 is n."""
+    if requested < 0:
+        raise ConfigError(f"mesh.cpu_devices must be 0 (one per core) or a positive count, got {requested}.")
+    if requested:
+        return requested
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def configure_cpu_devices(requested: int) -> None:
+    """Splits the host CPU into several XLA devices, before JAX starts.
+
+    Why: XLA runs a device's element-wise kernels on one thread, so on a multi-core CPU one device
+    leaves cores idle for a third of a train step; data parallelism over one device per core keeps
+    them busy (see benchmarks/README.md). Losses match the single-device run to float tolerance
+    (tests/test_scale_out.py). A no-op for 1, and when `XLA_FLAGS` already forces a device count.
+    """
+    n = cpu_device_count(requested)
+    if n == 1 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    if _backend_started():
+        current = len(jax.devices("cpu"))
+        if current != n:
+            raise ConfigError(
+                f"mesh.cpu_devices={requested} asks for {n} CPU devices, but JAX already started with {current}; "
+                f"set it before JAX's first operation (JAX_NUM_CPU_DEVICES={n} in the environment does the same)."
+            )
+        return
+    jax.config.update("jax_num_cpu_devices", n)
+
+
+_DISTRIBUTED_STARTED = False
+
+
+def setup_runtime(config: ConfigDict) -> None:
+    """What must happen before JAX's first operation: multi-host start-up and the CPU device count.
+    Idempotent, so both the CLI and `Trainer` call it."""
+    maybe_initialize_distributed(config.distributed)
+    configure_cpu_devices(int(config.mesh.get("cpu_devices", 1)))
+
+
 def maybe_initialize_distributed(cfg: ConfigDict) -> None:
     """`jax.distributed.initialize` for multi-host runs (Cloud TPU fills in the arguments itself)."""
-    if not cfg.initialize:
+    global _DISTRIBUTED_STARTED
+    if not cfg.initialize or _DISTRIBUTED_STARTED:
         return
+    _DISTRIBUTED_STARTED = True
     kwargs = {}
     if cfg.coordinator_address:
         kwargs = dict(coordinator_address=cfg.coordinator_address, num_processes=cfg.num_processes,

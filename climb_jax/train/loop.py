@@ -156,6 +156,7 @@ class Trainer:
         for splitting a run into jobs."""
         config_lib.validate(config)
         _check_eval_suites(config)
+        mesh_lib.setup_runtime(config)
         self.stop_at = stop_at
         self.config = config
         self.workdir = epath.Path(workdir)
