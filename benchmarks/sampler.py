@@ -9,7 +9,8 @@ percentile of all N scores, every score above it set to zero (or to one for unif
 multinomial draw of the batch without replacement over all N weights (numpy, vectorised; the seed's
 list comprehension over the scores is also timed, as `seed_python`, in the full run). The sampler's
 cost must not grow with N and must be at least 100x below the seed's at 1M. Then it times
-`ngram_scores` on random Zipf-distributed rows the size of babylm_mini (about 2.5M tokens).
+`ngram_scores` on random Zipf-distributed rows, and the self-perplexity re-scoring pass of the `small`
+model (the training loop's jitted `make_score_fn`, batches of 256 rows of 128 tokens) in sequences/s.
 """
 
 from __future__ import annotations
@@ -107,10 +108,48 @@ def bench_ngram(num_rows: int, seq_len: int, vocab: int, orders) -> list[dict]:
     return rows
 
 
+def bench_rescoring(num_rows: int, batch: int, seq: int = 128) -> dict:
+    """Self-perplexity re-scoring of `num_rows` sequences by the `small` model on this machine's default
+    JAX device: the training loop's jitted `make_score_fn` called through `self_perplexity_scores`."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+
+    from climb_jax.config_lib import MODEL_SIZES
+    from climb_jax.curriculum.difficulty import self_perplexity_scores
+    from climb_jax.models.roberta import RobertaConfig, init_params
+    from climb_jax.train.step import make_score_fn
+
+    vocab = 8192
+    cfg = RobertaConfig(vocab_size=vocab, **MODEL_SIZES["small"], max_position_embeddings=512)
+    params = init_params(jax.random.PRNGKey(0), cfg)
+    fn = jax.jit(make_score_fn(cfg, 0.15))
+    key = jax.random.PRNGKey(1)
+    rng = np.random.default_rng(0)
+    ids = (NUM_SPECIAL + np.minimum(rng.zipf(1.2, (num_rows, seq)), vocab - 1 - NUM_SPECIAL)).astype(np.int32)
+    pos = np.zeros_like(ids, dtype=np.int8)
+
+    def score_fn(i, p, idx):
+        return np.asarray(fn(params, i, idx, key))
+
+    t0 = time.perf_counter()
+    self_perplexity_scores(score_fn, ids[:batch], pos[:batch], batch_size=batch)  # compile
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    scores = self_perplexity_scores(score_fn, ids, pos, batch_size=batch)
+    dt = time.perf_counter() - t0
+    assert scores.shape == (num_rows,) and np.all(np.isfinite(scores))
+    row = {"bench": "self_perplexity_rescoring", "model": "small", "sequences": num_rows, "seq_len": seq,
+           "batch": batch, "devices": 1, "seconds": round(dt, 2), "compile_and_first_batch_s": round(compile_s, 2),
+           "sequences_per_s": round(num_rows / dt, 1), "tokens_per_s": round(num_rows * seq / dt)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, no pure-Python seed loop")
     parser.add_argument("--out", type=str, default="", help="also append the JSON lines to this file")
+    parser.add_argument("--no_rescoring", action="store_true", help="skip the self-perplexity re-scoring part")
     args = parser.parse_args()
     reps, seed_reps = (200, 10) if args.quick else (2000, 30)
     results = [{"bench": "environment", "quick": args.quick, "cpus": os.cpu_count(), "numpy": np.__version__}]
@@ -129,6 +168,8 @@ def main() -> None:
         results.append(summary)
         print(json.dumps(summary), flush=True)
     results += bench_ngram(5_000 if args.quick else 20_000, 128, 8192, (1, 2, 3))
+    if not args.no_rescoring:
+        results.append(bench_rescoring(512 if args.quick else 2048, 256))
     if args.out:
         with open(args.out, "a") as f:
             for r in results:
