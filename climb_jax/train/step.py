@@ -95,39 +95,40 @@ def make_train_step(s: StepSettings, txs: Mapping[str, optax.GradientTransformat
         correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
         return jnp.stack([(nll * w).sum(), w.sum(), (correct * w).sum()])
 
-    def unit_grads(params, ids, pos_ids, candidates, key, i):
-        """One unit's mean loss, its [loss sum, target count, correct count] and the gradient of the mean.
+    def unit_grads(params, ids, pos_ids, candidates, weights, key, i):
+        """One unit's weighted mean loss, its [loss sum, target count, correct count] and the gradient.
 
         Each unit is differentiated on its own, inside its own `lax.cond` when it can be inactive: a
         cond inside `value_and_grad` would make the inactive branch write zeros for every activation
         the active one keeps for the backward pass (a third of a vanilla step in memory traffic);
-        here it writes only a zero gradient tree. The target count does not depend on the parameters,
-        so the sum of the units' weighted gradients is the gradient of the weighted total loss."""
+        here it writes only a zero gradient tree. The weight scales the loss, so it reaches the
+        gradient as a scalar in the backward pass, not as another pass over the parameters."""
         u = s.units[i]
         k = jax.random.fold_in(key, i)
 
-        def mean_loss(p):
+        def weighted_loss(p):
             st = mlm_loss(p, ids, candidates, k) if u.task == "mlm" else pos_loss(p, u, ids, pos_ids, k)
-            return st[0] / jnp.maximum(st[1], 1.0), st
+            return weights[i] * st[0] / jnp.maximum(st[1], 1.0), st
 
-        (mean, st), g = jax.value_and_grad(mean_loss, has_aux=True)(params)
-        return mean, st, g
+        (loss, st), g = jax.value_and_grad(weighted_loss, has_aux=True)(params)
+        return loss, st, g
 
     def loss_and_grads(params, ids, pos_ids, candidates, weights, key):
+        """The total loss sum_i w_i * mean_loss_i, the units' stats and the gradient of the total (the
+        target counts do not depend on the parameters, so the units' gradients simply add up)."""
         total = jnp.zeros((), jnp.float32)
         grads = None
         stats = []
         for i, u in enumerate(s.units):
-            compute = functools.partial(unit_grads, params, ids, pos_ids, candidates, key, i)
+            compute = functools.partial(unit_grads, params, ids, pos_ids, candidates, weights, key, i)
             if u.always_active:
-                mean, st, g = compute()
+                loss, st, g = compute()
             else:  # skip the unit's passes while it is inactive; one compiled function either way
-                mean, st, g = jax.lax.cond(
+                loss, st, g = jax.lax.cond(
                     weights[i] > 0, compute,
                     lambda: (jnp.zeros((), jnp.float32), jnp.zeros((3,), jnp.float32),
                              jax.tree_util.tree_map(jnp.zeros_like, params)))
-            total = total + weights[i] * mean
-            g = jax.tree_util.tree_map(lambda x: x * weights[i].astype(x.dtype), g)
+            total = total + loss
             grads = g if grads is None else jax.tree_util.tree_map(jnp.add, grads, g)
             stats.append(st)
         return total, jnp.stack(stats), grads
