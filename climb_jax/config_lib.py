@@ -179,7 +179,7 @@ def base_config() -> ConfigDict:
             fsdp=1,
             model=1,
             # On CPU: split the host into this many XLA devices (0 = one per core; 1 = JAX's default).
-            # A data-parallel mesh over them keeps all cores busy, ~1.3x faster steps on 2 cores.
+            # A data-parallel mesh over them keeps all cores busy (benchmarks/README.md: 1.1-1.5x on 2 cores).
             cpu_devices=1,
         )
     )

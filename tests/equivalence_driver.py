@@ -30,7 +30,12 @@ def main(shared: str, cache: str, out: str, kinds: str, cpu_devices: str = "1") 
         c.trainer.total_steps = 200
         c.trainer.log_every = 10
         c.mesh.cpu_devices = int(cpu_devices)
-        workdir = Path(out) / f"{kind}_{os.getpid()}"
+        if os.environ.get("CLIMB_TEST_PROCESS_ID"):  # one of several processes of one run (multi-host)
+            c.distributed.initialize = True
+            c.distributed.coordinator_address = os.environ["CLIMB_TEST_COORDINATOR"]
+            c.distributed.num_processes = int(os.environ["CLIMB_TEST_NUM_PROCESSES"])
+            c.distributed.process_id = int(os.environ["CLIMB_TEST_PROCESS_ID"])
+        workdir = Path(out) / f"{kind}_{os.environ.get('CLIMB_TEST_RUN_TAG') or os.getpid()}"
         Trainer(c, str(workdir), progress=False).run()
         result[kind] = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
     import jax

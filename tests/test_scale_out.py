@@ -29,6 +29,31 @@ def _run(devices: int, shared, cache, out, kinds: str = KINDS, cpu_devices: int 
     return json.loads(line[len("RESULT "):])
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+def _run_processes(n: int, shared, cache, out, kinds: str) -> list[dict]:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), CLIMB_TEST_NUM_PROCESSES=str(n),
+               CLIMB_TEST_COORDINATOR=f"localhost:{_free_port()}", CLIMB_TEST_RUN_TAG="processes")
+    env.pop("XLA_FLAGS", None)
+    env.pop("JAX_NUM_CPU_DEVICES", None)
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.equivalence_driver", str(shared), str(cache), str(out), kinds],
+                              cwd=REPO, env=dict(env, CLIMB_TEST_PROCESS_ID=str(i)), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(n)]
+    results = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=600)
+        assert p.returncode == 0, stderr[-3000:]
+        line = [l for l in stdout.splitlines() if l.startswith("RESULT ")][-1]
+        results.append(json.loads(line[len("RESULT "):]))
+    return results
+
+
 def test_one_and_eight_devices_give_the_same_losses(shared_data, nltk_data, tmp_path):
     cache = tmp_path / "cache"
     one = _run(1, shared_data, cache, tmp_path)
@@ -53,6 +78,17 @@ def test_one_and_eight_devices_give_the_same_losses(shared_data, nltk_data, tmp_
     assert two["devices"] == 2
     assert [r["step"] for r in two["vanilla"]] == [r["step"] for r in one["vanilla"]]
     assert max(abs(x["loss"] - y["loss"]) for x, y in zip(one["vanilla"], two["vanilla"])) < 2e-3
+
+    # Two processes of one device each, started with jax.distributed.initialize on localhost (what a
+    # multi-host slice does): each loads its half of every batch, process 0 alone writes the logs,
+    # both take part in the checkpoint saves; the losses are the single device's.
+    hosts = _run_processes(2, shared_data, cache, tmp_path, kinds="vanilla")
+    for h in hosts:
+        assert h["devices"] == 2
+        assert [r["step"] for r in h["vanilla"]] == [r["step"] for r in one["vanilla"]]
+        assert max(abs(x["loss"] - y["loss"]) for x, y in zip(one["vanilla"], h["vanilla"])) < 2e-3
+    run = tmp_path / "vanilla_processes"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit())[-1] == "200"
 
 
 def test_cpu_device_count_and_late_request():
