@@ -23,9 +23,9 @@ BATCH_AXES = ("data", "fsdp")
 
 
 def _backend_started() -> bool:
-    from jax._src import xla_bridge
+    from jax._src import xla_bridge  # no public API tells whether JAX's backends have started
 
-    return bool(xla_bridge._backends)
+    return xla_bridge.backends_are_initialized()
 
 
 def cpu_device_count(requested: int) -> int:
