@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Sequence
 
-from climb_jax.errors import ClimbError
+from climb_jax.errors import ClimbError, print_error
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             plots=not args.no_plots,
         )
     except ClimbError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     print(paths["markdown"])
     return 0

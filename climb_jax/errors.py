@@ -4,6 +4,11 @@ Anything a user can fix (a path, a config value, a corrupt file) raises `ClimbEr
 message that says what to fix; `climb_jax.main` prints it without a traceback and exits 2.
 """
 
+from __future__ import annotations
+
+import os
+import sys
+
 
 class ClimbError(Exception):
     """An error the user can act on; the message says what to fix."""
@@ -23,3 +28,14 @@ class CheckpointError(ClimbError):
 
 class TrainingDiverged(ClimbError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def print_error(message: object) -> None:
+    """Writes `error: <message>` to stderr as one line of its own.
+
+    Library threads may still be printing (a progress bar without its newline, the tracebacks of an
+    abandoned checkpoint write), so the line starts with a newline and goes to the file descriptor in a
+    single write: it cannot be split by, or glued to, anyone else's output."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.write(sys.stderr.fileno(), f"\nerror: {message}\n".encode("utf-8", "replace"))

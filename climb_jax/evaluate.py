@@ -20,7 +20,7 @@ import json
 import sys
 from typing import Sequence
 
-from climb_jax.errors import ClimbError
+from climb_jax.errors import ClimbError, print_error
 
 METHODS = ("pll", "pll_word_l2r")  # climb_jax.eval.blimp.METHODS, without importing JAX here
 
@@ -120,10 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(json.dumps(out, indent=2, default=str) if isinstance(out, (dict, list)) else str(out),
                       flush=True)
     except ClimbError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     except OSError as e:  # unreadable or unwritable paths are the user's to fix
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     return 0
 

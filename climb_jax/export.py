@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from climb_jax.errors import ClimbError
+from climb_jax.errors import ClimbError, print_error
 from climb_jax.models import hf_convert
 from climb_jax.models.roberta import RobertaConfig
 
@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if diff > 1e-3:
                 raise ClimbError(f"the exported model's logits differ by {diff:.2e} from ours; please report this.")
     except ClimbError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     return 0
 

@@ -13,7 +13,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from climb_jax.errors import ClimbError
+from climb_jax.errors import ClimbError, print_error
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/vanilla.py:smoke.",
                                           lock_config=True)
@@ -120,7 +120,7 @@ def main() -> None:
     try:
         app.run(run, flags_parser=_parse_flags)
     except ClimbError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        print_error(e)
         sys.exit(2)
 
 

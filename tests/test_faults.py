@@ -482,6 +482,7 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(vanilla, tmp_path)
         proc = run_cli(vanilla.args(workdir))
         assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
         assert not our_traceback(proc.stderr), proc.stderr[-3000:]
+        assert "Event loop is closed" not in proc.stderr, proc.stderr[-3000:]  # the abandoned writes stay quiet
         err = error_line(proc.stderr)
         assert "No space left on device" in err and "step 40" in err, err
         assert "step 20" in err, err  # says which checkpoint is kept
@@ -511,6 +512,48 @@ def test_full_disk_in_process(shared_data, nltk_data, cache, tmp_path, monkeypat
     monkeypatch.setattr(jch.JsonCheckpointHandler, "_save_fn", original)
     assert checkpoint_steps(tmp_path / "run") == [20]
     assert load_run(str(tmp_path / "run")).step == 20
+
+
+def test_abandoned_write_callbacks_are_silent_and_other_errors_are_not(monkeypatch):
+    """Writes of a failed save finish in tensorstore's threads after orbax closed the save's event
+    loop; their callbacks' 'Event loop is closed' errors are dropped, any other callback error is not."""
+    import asyncio
+
+    import tensorstore as ts
+
+    from climb_jax.train import checkpoint as ckpt
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(repr(u.exc_value)))
+    ckpt._silence_abandoned_writes()
+    ckpt._silence_abandoned_writes()  # installing twice filters once
+    loop = asyncio.new_event_loop()
+    loop.close()
+
+    def finish(callback):
+        promise, future = ts.Promise.new()
+        future.add_done_callback(callback)
+        promise.set_result(0)
+        future.result()
+
+    finish(lambda _: loop.call_soon_threadsafe(print))  # what orbax's abandoned writes do
+    finish(lambda _: (_ for _ in ()).throw(RuntimeError("Event loop is closed")))  # same text, elsewhere
+    finish(lambda _: 1 / 0)
+    deadline = time.time() + 10
+    while len(seen) < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    assert seen == ["RuntimeError('Event loop is closed')", "ZeroDivisionError('division by zero')"]
+
+
+def test_error_line_stands_on_its_own_line(capfd):
+    """`error: ...` starts a line of its own even when the output before it ended mid-line (a progress
+    bar, a library thread's half-printed traceback)."""
+    from climb_jax.errors import print_error
+
+    sys.stderr.write("50%|#####     | 5/10")
+    print_error("the disk is full")
+    lines = capfd.readouterr().err.splitlines()
+    assert lines == ["50%|#####     | 5/10", "error: the disk is full"]
 
 
 def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(vanilla, tmp_path):

@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import sys
+import traceback
 import warnings
 import zlib
 from typing import Any
@@ -38,6 +40,7 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        _silence_abandoned_writes()
         self._unreadable: set[int] = set()
         self._pending: int | None = None
 
@@ -270,3 +273,30 @@ def load_run(workdir: str, step: int | None = None) -> LoadedRun:
     ckpt.close()
     return LoadedRun(config=config, params=state.params, step=int(step), model_config=setup.model,
                      tokenizer=tokenizer, workdir=str(workdir))
+
+
+def _is_abandoned_write_callback(unraisable) -> bool:
+    """True for the error a tensorstore write finishing after orbax gave up its save raises: its
+    completion callback posts to the save's event loop, which is already closed."""
+    exc = unraisable.exc_value
+    if not isinstance(exc, RuntimeError) or str(exc) != "Event loop is closed":
+        return False
+    names = [frame.name for frame in traceback.extract_tb(unraisable.exc_traceback)]
+    return names[-2:] == ["call_soon_threadsafe", "_check_closed"]
+
+
+def _silence_abandoned_writes() -> None:
+    """When one write of an asynchronous save fails (a full disk), orbax abandons the save, but its
+    other writes still complete in tensorstore's threads, and each completion reports an 'Event loop
+    is closed' traceback (over a hundred on a full disk) that buries the message saying what to do.
+    Only that exact error is dropped; the failure itself is reported by `_write_error`."""
+    hook = sys.unraisablehook
+    if getattr(hook, "_climb_filter", False):
+        return
+
+    def unraisablehook(unraisable):
+        if not _is_abandoned_write_callback(unraisable):
+            hook(unraisable)
+
+    unraisablehook._climb_filter = True  # type: ignore[attr-defined]
+    sys.unraisablehook = unraisablehook
