@@ -36,6 +36,13 @@ def print_error(message: object) -> None:
     Library threads may still be printing (a progress bar without its newline, the tracebacks of an
     abandoned checkpoint write), so the line starts with a newline and goes to the file descriptor in a
     single write: it cannot be split by, or glued to, anyone else's output."""
+    text = f"\nerror: {message}\n"
     sys.stdout.flush()
     sys.stderr.flush()
-    os.write(sys.stderr.fileno(), f"\nerror: {message}\n".encode("utf-8", "replace"))
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a stream without a descriptor (captured in-process)
+        sys.stderr.write(text)
+        sys.stderr.flush()
+        return
+    os.write(fd, text.encode("utf-8", "replace"))
