@@ -33,8 +33,9 @@ import time
 
 def _fire(name: str, detail: str, sig: int | None = signal.SIGKILL) -> None:
     sys.stdout.flush()
-    sys.stderr.write(f"FAULT {name} {detail} t={time.time():.3f}\n")
     sys.stderr.flush()
+    # One write to the descriptor, on a line of its own: a library thread's output cannot split it.
+    os.write(2, f"\nFAULT {name} {detail} t={time.time():.3f}\n".encode())
     if sig is not None:
         os.kill(os.getpid(), sig)
 
