@@ -7,6 +7,7 @@ One code path for 1 CPU, 8 fake CPU devices, one GPU and multi-host TPU slices: 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -165,3 +166,55 @@ def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[
         global_shape = (value.shape[0] * jax.process_count(),) + value.shape[1:]
         out[key] = jax.make_array_from_process_local_data(sharding, value, global_shape)
     return out
+
+
+class Placement:
+    """Puts parameters and batches on a mesh: the one placement rule for training, evaluation and
+    fine-tuning.
+
+    Parameters keep a sharding they already have on this mesh (so a train state's split or replicated
+    leaves are used in place, with no gather to one device) and are otherwise replicated; a batch is
+    split over the batch axes. Without a mesh, everything goes to the default device once, so host
+    (numpy) arrays are not copied again at every call.
+    """
+
+    def __init__(self, mesh: Mesh | None, batch_sizes=(), what: str = "batch size"):
+        self.mesh = mesh
+        self.shards = 1
+        if mesh is None:
+            return
+        axes = tuple(a for a in BATCH_AXES if a in mesh.shape)
+        if not axes:
+            raise ConfigError(f"the mesh has no batch axis (axes: {', '.join(mesh.axis_names)}); "
+                              "build it with climb_jax.parallel.mesh.create_mesh.")
+        self.shards = math.prod(mesh.shape[a] for a in axes)
+        for b in batch_sizes:
+            if b % self.shards:
+                raise ConfigError(f"{what} {b} is not divisible by the {self.shards} devices of the mesh's batch "
+                                  f"axes; use a multiple of {self.shards}.")
+        self.batch_sharding = NamedSharding(mesh, P(axes))
+        self.replicated = NamedSharding(mesh, P())
+
+    def params(self, tree):
+        """Parameters (or any state) on the mesh: leaves already on it stay as they are."""
+        if self.mesh is None:
+            return jax.device_put(tree)
+
+        def place(leaf):
+            sharding = getattr(leaf, "sharding", None)
+            if isinstance(sharding, NamedSharding) and sharding.mesh == self.mesh:
+                return leaf
+            return jax.device_put(np.asarray(leaf), self.replicated)
+
+        return jax.tree_util.tree_map(place, tree)
+
+    def batch(self, tree):
+        """A batch every process holds whole (deterministic evaluation data): each device takes its slice."""
+        if self.mesh is None:
+            return tree
+
+        def put(x):
+            x = np.asarray(x)
+            return jax.make_array_from_callback(x.shape, self.batch_sharding, lambda index: x[index])
+
+        return jax.tree_util.tree_map(put, tree)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -13,6 +14,19 @@ from climb_jax.models.roberta import RobertaConfig
 from climb_jax.train import optim
 from climb_jax.train.state import TrainState, create_train_state
 from climb_jax.train.step import StepSettings, make_train_step
+
+TRAIN_STEP_NAME = "train_step"  # the compiled step's name, as compile counters see it
+
+
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+    """A run's jitted functions with their shardings on one mesh, built once by `RunSetup.compile`."""
+
+    init: Callable[[], TrainState]  # () -> a fresh state, placed by `state_sharding`
+    step: Callable  # (state, batch) -> (state, metrics); donates the state
+    state_sharding: Any
+    batch_sharding: Any
+    abstract_state: Any  # ShapeDtypeStructs carrying `state_sharding` (for restores and AOT compiles)
 
 
 @dataclasses.dataclass
@@ -62,3 +76,20 @@ class RunSetup:
 
     def train_step(self):
         return make_train_step(self.settings, self.txs)
+
+    def compile(self, mesh, seed: int | None = None) -> Compiled:
+        """The one place the jit wiring lives (mesh -> shardings -> jit(init) -> jit(step)), used by the
+        training loop, the benchmarks and the ahead-of-time compiler alike, so what is measured or
+        compiled for a TPU is exactly what trains."""
+        from climb_jax.parallel import mesh as mesh_lib
+
+        seed = self.config.seed if seed is None else seed
+        state_sharding = mesh_lib.state_shardings(self.abstract_state(), mesh)
+        batch_sharding = mesh_lib.batch_sharding(mesh)
+        init = jax.jit(lambda: self.init_state(seed), out_shardings=state_sharding)
+        step_fn = self.train_step()
+        step_fn.__name__ = TRAIN_STEP_NAME
+        step = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding),
+                       out_shardings=(state_sharding, None), donate_argnums=0)
+        return Compiled(init=init, step=step, state_sharding=state_sharding, batch_sharding=batch_sharding,
+                        abstract_state=self.abstract_state(lambda shapes: state_sharding))
