@@ -10,7 +10,6 @@ and the median round as well.
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import json
 import os
 import platform
@@ -206,10 +205,9 @@ def synthetic_batch(seed: int, batch: int, seq: int, vocab: int, zipf_a: float =
 
 def load_config(name: str, arg: str | None = None):
     """`configs/<name>.py`'s `get_config(arg)`, loaded by path like the command line does."""
-    spec = importlib.util.spec_from_file_location(f"bench_cfg_{name}", REPO / "configs" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
+    from climb_jax import config_lib
+
+    return config_lib.load(REPO / "configs" / f"{name}.py", arg)
 
 
 def shrink_to_tiny(config, seq: int = 32, vocab: int = 600) -> None:

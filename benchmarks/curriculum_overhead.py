@@ -5,7 +5,7 @@
   python benchmarks/curriculum_overhead.py --tiny    # a 2-layer model: checks the benchmark itself
   python benchmarks/curriculum_overhead.py --configs vanilla,vocab_token_ids
 
-Every configuration is the real train step (`RunSetup.train_step()`, jitted as the training loop does
+Every configuration is the real train step (built by `RunSetup.compile`, as the training loop builds
 it) on the same model size, the same synthetic batch and the same initial weights, in one process,
 timed in interleaved rounds (each round runs every configuration for a few steps, in a rotating order)
 so that outside load hits them alike. Configurations:
@@ -51,7 +51,6 @@ import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from climb_jax.curriculum import pacing as pacing_lib  # noqa: E402
-from climb_jax.curriculum import vocabulary  # noqa: E402
 from climb_jax.data.sampler import BatchSampler  # noqa: E402
 from climb_jax.parallel import mesh as mesh_lib  # noqa: E402
 from climb_jax.train.compile_count import CompileCounter  # noqa: E402
@@ -100,17 +99,14 @@ class ConfigStep:
         vocab = config.data.vocab_size
         self.name = name
         self.fun_name = f"train_step_{name}"
-        self.setup = RunSetup.from_config(config, vocab_size=vocab, token_rank=vocabulary.token_rank_table(vocab))
+        self.setup = RunSetup.from_config(config, vocab_size=vocab)
         self.total_steps = int(config.trainer.total_steps)
-        mesh = mesh_lib.create_mesh(config.mesh)
-        self.state_sharding = mesh_lib.state_shardings(self.setup.abstract_state(), mesh)
-        self.batch_sharding = mesh_lib.batch_sharding(mesh)
+        compiled = self.setup.compile(mesh_lib.create_mesh(config.mesh), name=self.fun_name)
+        self.state_sharding = compiled.state_sharding
+        self.batch_sharding = compiled.batch_sharding
         # The same seed gives every configuration the same encoder and MLM head weights.
-        self.state = jax.jit(lambda: self.setup.init_state(config.seed), out_shardings=self.state_sharding)()
-        fn = self.setup.train_step()
-        fn.__name__ = self.fun_name
-        self.step_fn = jax.jit(fn, in_shardings=(self.state_sharding, self.batch_sharding),
-                               out_shardings=(self.state_sharding, None), donate_argnums=0)
+        self.state = compiled.init()
+        self.step_fn = compiled.step
         self.batch = None
         self.seen_weights: list[list[float]] = []
         self.seen_paces: list[float] = []

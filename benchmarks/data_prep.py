@@ -14,7 +14,7 @@ Stages:
   pos_fast       word splitting + the numpy perceptron tagger (one core)
   pos_nltk       the same with NLTK's own tagger, on a slice (the reference speed)
   encode_one_process  the pipeline's work item (tokenize + tag + align to subwords), in one process
-  pack           packing token streams into rows
+  pack           packing token streams into rows (`data.packing`, default the reference's layout)
   prepare_data   the whole preparation (`--workers`, 0 = auto), cache writing included
 """
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from climb_jax import config_lib  # noqa: E402
 from climb_jax.data import corpus as corpus_lib  # noqa: E402
-from climb_jax.data import dataset, packing, pos as pos_lib, tokenizer as tok_lib  # noqa: E402
+from climb_jax.data import dataset, encoding, packing, pos as pos_lib, tokenizer as tok_lib  # noqa: E402
 
 TARGET_WORDS = 10_000_000
 
@@ -109,7 +109,7 @@ def main() -> None:
         return {}
 
     def encode_one_process():
-        state["encoded"] = [[dataset.encode_lines(src[i:i + 4096], state["tok"], tagger)
+        state["encoded"] = [[encoding.encode_lines(src[i:i + 4096], state["tok"], tagger)
                              for i in range(0, len(src), 4096)] for src in per_source]
         return {}
 
@@ -119,7 +119,7 @@ def main() -> None:
             ids = np.concatenate([p.ids for p in parts])
             pos = np.concatenate([p.pos for p in parts])
             lens = np.concatenate([p.line_lengths for p in parts])
-            rows += len(packing.pack_source(ids, pos, lens, args.seq_len))
+            rows += len(packing.pack_source(ids, pos, lens, args.seq_len, str(cfg.packing)))
         return {"rows": rows}
 
     stages = [(read, words), (bpe_train, words), (tokenize, words), (pos_fast, words), (pos_nltk, sample_words),

@@ -7,9 +7,9 @@
   python benchmarks/train_step.py --quick --breakdown   # also time the parts of our step
   python benchmarks/train_step.py --quick --cpu_devices=1   # ours on JAX's single CPU device
 
-Ours: `RunSetup.train_step()` jitted the way `climb_jax.train.loop` does it (mesh shardings, the state
+Ours: the step `RunSetup.compile` builds for the training loop (mesh shardings, the state
 donated), from the `configs/vanilla.py` preset of each size, with `mesh.cpu_devices=0` (one XLA device
-per core, the batch split over them) unless `--cpu_devices` says otherwise. The reference is the CLIMB seed's stack:
+per core, the batch split over them) unless `--cpu_devices` says otherwise. The reference is CLIMB (PyTorch)'s stack:
 Hugging Face `RobertaPreLayerNormForMaskedLM` (config from `hf_config_dict`, loaded with OUR initial
 weights, default attention implementation), `torch.optim.AdamW` with the same hyper-parameters,
 gradient clipping and `get_linear_schedule_with_warmup`, and Hugging Face's MLM masking
@@ -48,8 +48,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from climb_jax import choices as choices_lib  # noqa: E402
 from climb_jax.constants import MASK_ID, NUM_SPECIAL  # noqa: E402
-from climb_jax.curriculum import vocabulary  # noqa: E402
 from climb_jax.models.roberta import RobertaForMaskedLM  # noqa: E402
 from climb_jax.parallel import mesh as mesh_lib  # noqa: E402
 from climb_jax.train.compile_count import CompileCounter  # noqa: E402
@@ -80,16 +80,13 @@ class OurStep:
 
     def __init__(self, config, counter: CompileCounter):
         vocab = config.data.vocab_size
-        self.setup = RunSetup.from_config(config, vocab_size=vocab, token_rank=vocabulary.token_rank_table(vocab))
+        self.setup = RunSetup.from_config(config, vocab_size=vocab)
         self.mesh = mesh_lib.create_mesh(config.mesh)
-        state_sharding = mesh_lib.state_shardings(self.setup.abstract_state(), self.mesh)
-        self.batch_sharding = mesh_lib.batch_sharding(self.mesh)
-        self.state = jax.jit(lambda: self.setup.init_state(config.seed), out_shardings=state_sharding)()
+        compiled = self.setup.compile(self.mesh, name=STEP_NAME)
+        self.batch_sharding = compiled.batch_sharding
+        self.state = compiled.init()
         self.initial_params = jax.device_get(self.state.params)
-        fn = self.setup.train_step()
-        fn.__name__ = STEP_NAME
-        self.step_fn = jax.jit(fn, in_shardings=(state_sharding, self.batch_sharding),
-                               out_shardings=(state_sharding, None), donate_argnums=0)
+        self.step_fn = compiled.step
         self.counter = counter
         self.batch = None
         self.last_loss = float("nan")
@@ -121,7 +118,7 @@ class OurStep:
 
 
 class TorchStep:
-    """The seed's stack: HF RobertaPreLayerNormForMaskedLM + torch AdamW + HF-style MLM masking."""
+    """The reference's stack: HF RobertaPreLayerNormForMaskedLM + torch AdamW + HF-style MLM masking."""
 
     def __init__(self, model_cfg, params, trainer_cfg, threads: int):
         import torch
@@ -138,6 +135,8 @@ class TorchStep:
         state = {k: torch.from_numpy(v) for k, v in to_hf_state_dict(params, model_cfg).items()}
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.endswith("position_ids")]
+        if model_cfg.head_layer_norm_eps is not None:  # the reference's heads: a default RobertaConfig's eps
+            self.model.lm_head.layer_norm.eps = float(model_cfg.head_layer_norm_eps)
         if missing or unexpected:
             raise RuntimeError(f"weights do not match the reference model: missing {missing}, unexpected {unexpected}")
         self.model.train()
@@ -147,7 +146,7 @@ class TorchStep:
                                      eps=t.adam_eps, weight_decay=t.weight_decay)
         self.sched = transformers.get_linear_schedule_with_warmup(self.opt, t.warmup_steps, t.total_steps)
         self.gen = torch.Generator().manual_seed(0)
-        self.mask_probability = float(t.mask_probability)
+        self.mask_probability = choices_lib.MLM_MASK_PROBABILITY
         self.batch = None
         self.last_loss = float("nan")
         self.attn_implementation = getattr(self.model.config, "_attn_implementation", "unknown")
@@ -222,8 +221,9 @@ def breakdown(ours: OurStep, batch: dict[str, np.ndarray], steps: int, out: comm
 
     def loss(p, ids, key):
         k_mask, k_drop = jax.random.split(key)
-        mb = mlm_mask(k_mask, ids, ids >= NUM_SPECIAL, mask_probability=s.mask_probability,
-                      random_probability=s.random_probability, unmask_probability=s.unmask_probability,
+        u = next(u for u in s.units if u.task == "mlm")
+        mb = mlm_mask(k_mask, ids, ids >= NUM_SPECIAL, mask_probability=u.mask_probability,
+                      random_probability=u.random_probability, unmask_probability=u.unmask_probability,
                       vocab_size=s.vocab_size)
         h = encoder.apply({"params": p["encoder"]}, mb.input_ids, None, deterministic=False, rngs={"dropout": k_drop})
         picked = jnp.take_along_axis(h, mb.positions[..., None], axis=1)
@@ -388,7 +388,7 @@ def bench_size(size: str, batch_size: int, seq: int, rounds: int, steps: int, pe
         times = common.interleaved({"climb_jax": ours.run, "torch": ref.run}, rounds=rounds, steps=steps, cpu=cpu)
         compiles = counter.count(STEP_NAME)
     tokens = batch_size * seq
-    k = num_targets(seq, config.trainer.mask_probability)
+    k = num_targets(seq, config.objective_curriculum.units.mlm.mask_probability)
     flops = common.flops_per_token(ours.setup.model, seq, head_positions=k)
     rows = {}
     for impl, t in times.items():
@@ -451,8 +451,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--seq", type=int, default=0, help="sequence length (default 128; 32 with --tiny)")
     parser.add_argument("--rounds", type=int, default=0, help="interleaved rounds")
     parser.add_argument("--steps", type=int, default=0, help="steps per implementation per round")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                        help="our compute dtype (model.dtype); the reference stays float32, as the seed ran")
+    parser.add_argument("--dtype", default="float32", choices=choices_lib.DTYPES,
+                        help="our compute dtype (model.dtype); the reference stays float32, as the reference ran")
     parser.add_argument("--breakdown", action="store_true", help="also time the parts of our step")
     parser.add_argument("--profile", default="", metavar="DIR",
                         help="also trace our step with jax.profiler into DIR and print where its time goes")

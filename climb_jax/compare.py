@@ -1,9 +1,10 @@
 """`python -m climb_jax.compare RUN_DIR... --out=DIR [--baseline=vanilla]`: the comparison report.
 
 RUN_DIR is a training run's workdir, or a folder whose sub-folders are workdirs (a sweep's output).
-Runs are grouped by their config `label` (seeds averaged); every group is compared with the
-baseline group. Writes report.md, report.csv, report.json and PNG plots into --out and prints the
-path of report.md.
+Runs are grouped by their config `label` (seeds averaged; runs that have not reached their last step
+are a group of their own); every group is compared with the baseline group. Writes report.md,
+report.csv, report.json and PNG plots into --out, and prints the summary table and the path of
+report.md.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    from climb_jax.analysis.render import headline
     from climb_jax.analysis.report import DEFAULT_BASELINE, build_report
 
     try:
@@ -50,7 +52,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClimbError as e:
         print_error(e)
         return 2
-    print(paths["markdown"])
+    markdown = paths["markdown"].read_text()
+    table = headline(markdown)
+    if table:
+        print(table)
+    for line in markdown.splitlines():
+        if line.startswith("> "):  # the report's notes (baseline missing, unfinished runs, ...)
+            print("note: " + line[2:])
+    print(f"report: {paths['markdown']}")
     return 0
 
 

@@ -1,45 +1,42 @@
 """The one configuration schema every `configs/*.py` file starts from, and its preset words.
 
-Each file in `configs/` has a `get_config(arg)` (ml_collections, big_vision style): `arg` is a
-comma-separated list of preset words (`smoke`, `large`, `log`, ...) and `key=value` pairs
-(`trainer.lr=3e-4`). An unknown word or key, or a value of the wrong type, is a `ConfigError`
-that names the valid choices. Command-line overrides (`--config.trainer.lr=3e-4`) are applied by
-ml_collections afterwards and the resolved config is checked again by `validate`.
+Each file in `configs/` has a `get_config(arg)` (ml_collections, big_vision style) that starts from
+`base_config()` and applies `arg` with `apply_arg`: preset words (`smoke`, `large`, `log`, ...) and
+`key=value` items (`trainer.lr=3e-4`; a list in brackets: `finetune.text_fields=[premise,hypothesis]`),
+in the grammar of `config_grammar`. Command-line overrides (`--config.trainer.lr=3e-4`) are applied
+by ml_collections afterwards, and the resolved config is checked by `validate` (`config_check`),
+which returns the `Parsed` objects the run uses. The lists of choices and their defaults are
+`climb_jax.choices`. This module re-exports the grammar, the loader and the checks, so config users
+import only `config_lib`.
 """
 
 from __future__ import annotations
 
-import difflib
 from typing import Callable, Mapping
 
 from ml_collections import config_dict
 from ml_collections.config_dict import ConfigDict
 
-from climb_jax.errors import ConfigError
+from climb_jax import choices
+
+# The checks and the grammar (with the loader) live in their own modules; config users import them
+# from here.
+from climb_jax.config_check import (  # noqa: F401
+    CPU_MODEL_FLOPS_PER_CORE, EMBEDDED_MAX_PASSES, Parsed, check_scale, embedded_rows, flops_per_token,
+    projected_cpu_seconds, validate)
+from climb_jax.config_grammar import (  # noqa: F401
+    CONFIG_DIR, PROJECT_ROOT, PresetArg, Setting, config_files, default_label, format_arg, load, load_module,
+    parse_arg, resolve_config_path, set_path, split_spec, suggest, unknown_word)
 
 Preset = Callable[[ConfigDict], None]
 
-# The seed's model presets (RoBERTa pre-layer-norm, untied embeddings).
-MODEL_SIZES: dict[str, dict] = {
-    "small": dict(num_layers=8, hidden_size=256, num_heads=8, intermediate_size=2048),
-    "medium": dict(num_layers=10, hidden_size=500, num_heads=10, intermediate_size=2000),
-    "large": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072),
-    # The `smoke` model: trains and evaluates in minutes on a laptop CPU.
-    "tiny": dict(num_layers=2, hidden_size=128, num_heads=4, intermediate_size=512),
-}
+# Re-exported: the model shapes are a list of choices (choices.MODEL_SIZES).
+MODEL_SIZES = choices.MODEL_SIZES
 
 
-def pacing_config(name: str = "none") -> ConfigDict:
-    """A pacing function's parameters, with the seed's defaults."""
-    return ConfigDict(
-        dict(
-            name=name,
-            start_percent=0.0625,
-            end_percent=0.875,
-            starting_difficulty=0.1,
-            max_difficulty=1.0,
-        )
-    )
+def pacing_config(name: str = choices.DEFAULT_PACING) -> ConfigDict:
+    """A pacing function's parameters, with the reference's defaults (choices.PACING_DEFAULTS)."""
+    return ConfigDict(dict(name=name, **choices.PACING_DEFAULTS))
 
 
 def unit_config(task: str, start: float, end: float, tags: str = "", lr: float = 1e-3,
@@ -47,17 +44,21 @@ def unit_config(task: str, start: float, end: float, tags: str = "", lr: float =
     """One objective unit: its task, POS tag list, active window (fractions of training) and optimizer."""
     return ConfigDict(
         dict(
-            task=task,  # "mlm" or "pos"
+            task=task,  # choices.UNIT_TASKS
             tags=tags,  # comma-separated universal tags for a "pos" unit, e.g. "NOUN,VERB"
             start=start,
             end=end,
             lr=lr,
-            # "trainer": the trainer's warmup/decay; "window": warmup over the first tenth of the unit's
-            # window, then linear decay to zero at its end (the seed's per-unit schedule).
-            schedule=schedule or ("trainer" if task == "mlm" else "window"),
+            schedule=schedule or choices.DEFAULT_UNIT_SCHEDULE,  # choices.UNIT_SCHEDULES
             weight_decay=0.0,
-            mask_probability_pos=0.4,  # "pos" units: tokens whose tag is in `tags`
-            mask_probability_other=0.15,  # "pos" units: every other non-special token
+            adam_eps=1e-6,  # the reference's heads use transformers.AdamW's default eps
+            # Masking (each non-special token selected independently; choices.py's masking section):
+            mask_probability=choices.MLM_MASK_PROBABILITY,  # "mlm" units: every non-special token
+            mask_probability_pos=choices.POS_MASK_PROBABILITY,  # "pos" units: tokens whose tag is in `tags`
+            mask_probability_other=choices.OTHER_MASK_PROBABILITY,  # "pos" units: every other non-special token
+            random_probability=choices.RANDOM_TOKEN_PROBABILITY,  # of the selected: a random token
+            unmask_probability=(choices.MLM_UNMASK_PROBABILITY if task == "mlm"
+                                else choices.POS_UNMASK_PROBABILITY),  # of the selected: left unchanged
         )
     )
 
@@ -67,18 +68,22 @@ def base_config() -> ConfigDict:
     c = ConfigDict()
     c.name = "vanilla"
     c.label = ""  # the run's name in reports; default: "<config file stem>:<preset words>"
-    c.seed = 0
+    c.seed = 42  # the reference's
 
     c.model = ConfigDict(
         dict(
-            size="small",
-            **MODEL_SIZES["small"],
+            size=choices.DEFAULT_MODEL_SIZE,
+            **MODEL_SIZES[choices.DEFAULT_MODEL_SIZE],
             max_position_embeddings=512,
             dropout_rate=0.1,
             attention_dropout_rate=0.1,
             layer_norm_eps=1e-5,
             initializer_range=0.02,
-            dtype="float32",  # activations; "bfloat16" on accelerators. Parameters stay float32.
+            # The objective units' heads (MLM and POS): the reference builds them from a default
+            # RobertaConfig (layer-norm eps 1e-12) as plain torch modules (PyTorch's default Linear init).
+            head_layer_norm_eps=1e-12,
+            head_init=choices.DEFAULT_HEAD_INIT,  # choices.HEAD_INITS
+            dtype=choices.DEFAULT_DTYPE,  # activations; "bfloat16" on accelerators. Parameters stay float32.
         )
     )
 
@@ -86,15 +91,16 @@ def base_config() -> ConfigDict:
         dict(
             # "embedded" (the sample shipped in the package), a directory in a BabyLM layout,
             # or "hf:<dataset name>" for a Hugging Face dataset (network needed).
-            corpus="embedded",
+            corpus=choices.EMBEDDED_CORPUS,
             hf_subset="strict_small",
             cache_dir=config_dict.placeholder(str),  # default: <workdir>/cache
             seq_len=128,
             vocab_size=8192,
-            token_order="frequency",  # "frequency" (ids re-numbered by count) or "bpe" (raw merge ids)
-            max_train_words=0,  # 0 = the whole training split; >0 takes a prefix of every source
+            token_order=choices.DEFAULT_TOKEN_ORDER,  # choices.TOKEN_ORDERS
+            packing=choices.DEFAULT_PACKING,  # choices.PACKINGS: rows with the lines' <s> ... </s> (reference)
+            max_train_words=0,  # 0 = the whole training split; >0 = about this many words, shared among sources by size
             max_eval_words=0,  # the same for dev/test
-            on_decode_error="skip",  # "skip" (count and report) or "fail"
+            on_decode_error=choices.DEFAULT_DECODE_ERROR_POLICY,  # choices.DECODE_ERROR_POLICIES
             max_line_chars=20_000,  # longer lines are split at whitespace into pieces of this size
             nltk_data=config_dict.placeholder(str),  # default: $NLTK_DATA
             num_workers=0,  # tokenize+tag processes; 0 = one per core when the corpus is large enough
@@ -114,9 +120,6 @@ def base_config() -> ConfigDict:
             adam_b2=0.999,
             adam_eps=1e-8,
             max_grad_norm=1.0,
-            mask_probability=0.15,
-            random_token_probability=0.1,  # of masked positions: replaced by a random token
-            unmask_probability=0.1,  # of masked positions: left unchanged
             log_every=100,
             checkpoint_every=5_000,
             keep_checkpoints=3,
@@ -127,43 +130,58 @@ def base_config() -> ConfigDict:
 
     c.eval = ConfigDict(
         dict(
-            blimp_dir="embedded",  # "embedded" subset, or a directory of minimal-pair .jsonl files
+            # The whole BabyLM-filtered BLiMP (bundled; the reference's suite), the embedded 20-pair-per-paradigm
+            # subset (choices.EMBEDDED_SUITE, smoke runs), or a directory of minimal-pair .jsonl files
+            blimp_dir=choices.FULL_BLIMP_SUITE,
             supplement_dir="",  # optional second suite (e.g. the BLiMP supplement); "" = none
-            method="pll",  # "pll" or "pll_word_l2r"
+            method=choices.DEFAULT_EVAL_METHOD,  # choices.EVAL_METHODS
             max_pairs_per_file=0,  # 0 = all pairs
             batch_size=256,  # masked copies per scoring batch
             perplexity_sequences=64,  # dev sequences for pseudo-perplexity; 0 = skip
             mlm_sequences=256,  # dev sequences for the fixed-mask MLM loss (one pass each); 0 = skip
+            # Checkpoint-selection metric (Evaluator.dev_perplexity): mean and std of per-row pseudo-perplexity
+            # over about this many dev rows taken at a fixed stride (the reference's sample: 10,000)
+            dev_perplexity_sequences=10_000,
             at_end=True,
+            # Which checkpoint the final evaluation scores (choices.CHECKPOINT_SELECTIONS): the best by
+            # dev pseudo-perplexity at every eighth of training (the reference), or the last.
+            select=choices.DEFAULT_CHECKPOINT_SELECTION,
         )
     )
 
-    # Fine-tuning a finished run (`climb_jax.evaluate --tasks`, configs/finetune.py): the folder of
-    # <task>.train.jsonl / <task>.valid.jsonl files. No default: such data is never bundled.
-    c.finetune = ConfigDict(dict(data_dir=""))
+    # Fine-tuning a finished run (`climb_jax.evaluate --tasks`, configs/finetune.py): the one schema of
+    # the section is eval/finetune_config.py's; data_dir has no default (such data is never bundled).
+    from climb_jax.eval.finetune_config import finetune_section  # late: that module builds on this one
+
+    c.finetune = finetune_section()
 
     c.vocab_curriculum = ConfigDict(
         dict(
-            kind="none",  # "none", "token_ids", "pos_tags", "pos_tags_and_token_ids"
-            pacing=pacing_config("linear"),
-            unk_targets="predict_unk",  # "predict_unk" (seed) or "exclude" replaced positions from the loss
+            kind=choices.DEFAULT_VOCAB_KIND,  # choices.VOCAB_KINDS
+            pacing=pacing_config(),
+            unk_targets=choices.DEFAULT_UNK_TARGETS,  # choices.UNK_TARGETS
         )
     )
 
     c.data_curriculum = ConfigDict(
         dict(
-            scorer="none",  # "none", "source_order", "ngram_perplexity", "self_perplexity", "child_age"
-            pacing=pacing_config("linear"),
-            # True: uniform inside the allowed set (every data config of the seed); False: probability
-            # proportional to the score (the seed scorers' default).
+            scorer=choices.DEFAULT_SCORER,  # choices.SCORERS
+            pacing=pacing_config(),
+            # True: uniform inside the allowed set (every data config of the reference); False: probability
+            # proportional to the score (the reference scorers' default).
             uniform_sampling=False,
-            source_order="spoken_first",  # "spoken_first", "grammatical_first", or "custom" with `source_difficulty`
+            source_order=choices.DEFAULT_SOURCE_ORDER,  # choices.SOURCE_ORDERS; "custom" reads `source_difficulty`
             source_difficulty="",  # "custom" mapping: "aochildes:1,switchboard:2,..."
             n_gram=1,  # n-gram order for ngram/self perplexity; 0 = uniform initial scores
-            ngram_smoothing=1.0,  # additive (Laplace/Lidstone) smoothing constant
+            # 0 = the reference's unsmoothed MLE; k > 0 adds k to every count (Laplace/Lidstone)
+            ngram_smoothing=choices.DEFAULT_NGRAM_SMOOTHING,
+            ngram_include_specials=True,  # the reference counts <s>, </s> (every token but <pad>)
             update_every=25_000,  # self_perplexity: re-score every this many steps
             rescore_fraction=1.0,  # self_perplexity: fraction of the training set re-scored
-            rescore_batch_size=256,
+            # self_perplexity: "pll" (the reference: every position masked in turn) or "one_mask"
+            # (one random mask per row: one forward pass instead of one per token, ~130x cheaper)
+            self_perplexity_estimator=choices.DEFAULT_SELF_PERPLEXITY_ESTIMATOR,  # choices.SELF_PERPLEXITY_ESTIMATORS
+            rescore_batch_size=256,  # masked sequences per scoring call (rows for one_mask, copies for pll)
         )
     )
 
@@ -218,11 +236,16 @@ def apply_smoke(c: ConfigDict) -> None:
     c.trainer.log_every = 25
     c.trainer.checkpoint_every = 100
     c.trainer.eval_every = 0
+    c.eval.blimp_dir = choices.EMBEDDED_SUITE
     c.eval.max_pairs_per_file = 10
     c.eval.perplexity_sequences = 8
     c.eval.mlm_sequences = 16
+    c.eval.dev_perplexity_sequences = 16
     c.data_curriculum.update_every = 100
     c.data_curriculum.rescore_batch_size = 64
+    # The reference's estimator runs one forward pass per token: a re-scoring of the smoke data takes
+    # about 130x longer than with one mask per row (minutes instead of seconds on 2 CPU cores).
+    c.data_curriculum.self_perplexity_estimator = "one_mask"
 
 
 COMMON_PRESETS: dict[str, Preset] = {
@@ -234,83 +257,31 @@ COMMON_PRESETS: dict[str, Preset] = {
 }
 
 
-def _suggest(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" Did you mean '{close[0]}'?" if close else ""
+# --------------------------------------------------------------------------------------------
+# Applying a preset argument (the grammar: config_grammar.py).
 
 
-def _parse_value(raw: str, current, key: str):
-    """Parses `raw` into the type of the existing field `current`."""
-    kind = type(current)
-    try:
-        if isinstance(current, bool):
-            low = raw.lower()
-            if low not in ("true", "false", "1", "0"):
-                raise ValueError(raw)
-            return low in ("true", "1")
-        if isinstance(current, int):
-            return int(raw)
-        if isinstance(current, float):
-            return float(raw)
-        if isinstance(current, tuple):
-            return tuple(x for x in raw.split(";") if x)
-    except ValueError:
-        raise ConfigError(f"config key '{key}' takes a {kind.__name__}, not '{raw}'.") from None
-    return raw
+def apply_arg(c: ConfigDict, arg: str | None, presets: Mapping[str, Preset], *,
+              smoke: Preset | None = None, common: Mapping[str, Preset] | None = None,
+              where: str = "") -> ConfigDict:
+    """Applies a `get_config` argument: preset words in order (`smoke` last), then key=value items.
 
-
-def set_path(c: ConfigDict, key: str, raw: str) -> None:
-    """Sets `c.<key>` (dotted) from a string, with the existing field's type."""
-    node = c
-    parts = key.split(".")
-    for i, part in enumerate(parts):
-        if not isinstance(node, ConfigDict) or part not in node:
-            where = ".".join(parts[:i]) or "the config"
-            choices = sorted(node.keys()) if isinstance(node, ConfigDict) else []
-            raise ConfigError(
-                f"unknown config key '{key}': {where} has no field '{part}'.{_suggest(part, choices)}"
-                f" Valid fields: {', '.join(choices)}."
-            )
-        if i < len(parts) - 1:
-            node = node[part]
-    last = parts[-1]
-    current = node[last]
-    if isinstance(current, ConfigDict):
-        raise ConfigError(f"config key '{key}' is a group, not a value; set one of its fields.")
-    if current is None:  # a placeholder: keep its declared type
-        field = node.get_ref(last)
-        typ = field.get_type()
-        try:
-            value = typ(raw) if typ is not str else raw
-        except ValueError:
-            raise ConfigError(f"config key '{key}' takes a {typ.__name__}, not '{raw}'.") from None
-    else:
-        value = _parse_value(raw, current, key)
-    node[last] = value
-
-
-def apply_arg(c: ConfigDict, arg: str | None, presets: Mapping[str, Preset]) -> ConfigDict:
-    """Applies a `get_config` argument: preset words in order (`smoke` last), then key=value pairs."""
-    words = [w.strip() for w in (arg or "").split(",") if w.strip()]
-    all_presets = {**COMMON_PRESETS, **presets}
-    pairs, smoke = [], False
-    for word in words:
-        if "=" in word:
-            pairs.append(word.split("=", 1))
-        elif word == "smoke":
-            smoke = True
+    `smoke` is the file's smoke preset (default `apply_smoke`); `common` the words every file shares
+    (default `COMMON_PRESETS`: the model sizes and bf16); `where` names the file in errors."""
+    parsed = parse_arg(arg)
+    all_presets = {**(COMMON_PRESETS if common is None else common), **presets}
+    use_smoke = False
+    for word in parsed.words:
+        if word == "smoke":
+            use_smoke = True
         elif word in all_presets:
             all_presets[word](c)
         else:
-            valid = sorted(set(all_presets) | {"smoke"})
-            raise ConfigError(
-                f"unknown preset word '{word}'.{_suggest(word, valid)} Valid words: {', '.join(valid)},"
-                " or key=value pairs such as trainer.lr=3e-4."
-            )
-    if smoke:
-        apply_smoke(c)
-    for key, raw in pairs:
-        set_path(c, key.strip(), raw.strip())
+            raise unknown_word(word, set(all_presets) | {"smoke"}, parsed, where, c)
+    if use_smoke:
+        (smoke or apply_smoke)(c)
+    for s in parsed.settings:
+        set_path(c, s.key, s.value)
     return c
 
 
@@ -322,77 +293,3 @@ def build(name: str, arg: str | None, presets: Mapping[str, Preset] | None = Non
     if setup is not None:
         setup(c)
     return apply_arg(c, arg, presets or {})
-
-
-# --------------------------------------------------------------------------------------------
-# Validation of a resolved config (after command-line overrides).
-
-_CHOICES = {
-    "data.token_order": ("frequency", "bpe"),
-    "data.on_decode_error": ("skip", "fail"),
-    "model.dtype": ("float32", "bfloat16"),
-    "eval.method": ("pll", "pll_word_l2r"),
-    "vocab_curriculum.kind": ("none", "token_ids", "pos_tags", "pos_tags_and_token_ids"),
-    "vocab_curriculum.unk_targets": ("predict_unk", "exclude"),
-    "data_curriculum.scorer": ("none", "source_order", "ngram_perplexity", "self_perplexity", "child_age"),
-}
-
-
-def _get(c: ConfigDict, dotted: str):
-    node = c
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
-def validate(c: ConfigDict) -> None:
-    """Raises `ConfigError` naming the first impossible setting; runs before any work is done."""
-    for key, choices in _CHOICES.items():
-        value = _get(c, key)
-        if value not in choices:
-            raise ConfigError(f"{key}='{value}' is not valid.{_suggest(str(value), choices)} Choose one of: {', '.join(choices)}.")
-    m = c.model
-    if m.hidden_size % m.num_heads:
-        raise ConfigError(
-            f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads={m.num_heads}; "
-            "choose a width that is a multiple of the head count."
-        )
-    for key in ("num_layers", "hidden_size", "num_heads", "intermediate_size"):
-        if m[key] <= 0:
-            raise ConfigError(f"model.{key} must be positive, got {m[key]}.")
-    if c.data.seq_len < 8 or c.data.seq_len + 2 > m.max_position_embeddings + 2:
-        raise ConfigError(
-            f"data.seq_len={c.data.seq_len} must be at least 8 and at most model.max_position_embeddings="
-            f"{m.max_position_embeddings}."
-        )
-    if c.data.vocab_size < 300:
-        raise ConfigError(f"data.vocab_size={c.data.vocab_size} is too small: a byte-level BPE needs at least 261 + merges (use >= 300).")
-    t = c.trainer
-    if t.total_steps <= 0:
-        raise ConfigError(f"trainer.total_steps must be positive, got {t.total_steps}.")
-    if not 0 <= t.warmup_steps <= t.total_steps:
-        raise ConfigError(f"trainer.warmup_steps={t.warmup_steps} must lie in [0, trainer.total_steps={t.total_steps}].")
-    if t.batch_size <= 0:
-        raise ConfigError(f"trainer.batch_size must be positive, got {t.batch_size}.")
-    if not 0 < t.mask_probability < 1:
-        raise ConfigError(f"trainer.mask_probability must lie in (0, 1), got {t.mask_probability}.")
-    if t.random_token_probability < 0 or t.unmask_probability < 0 or t.random_token_probability + t.unmask_probability > 1:
-        raise ConfigError("trainer.random_token_probability and trainer.unmask_probability must be >= 0 and sum to at most 1.")
-    for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
-        if t[key] <= 0:
-            raise ConfigError(f"trainer.{key} must be positive, got {t[key]}.")
-    if t.lr <= 0:
-        raise ConfigError(f"trainer.lr must be positive, got {t.lr}.")
-
-    from climb_jax.curriculum import pacing, objectives  # late: keeps config loading light
-
-    for section in ("vocab_curriculum", "data_curriculum"):
-        try:
-            pacing.PacingParams.from_config(c[section].pacing).validate()
-        except ConfigError as e:
-            raise ConfigError(f"{section}.pacing: {e}") from None
-    objectives.validate_units(c.objective_curriculum.units)
-    if c.data_curriculum.scorer == "self_perplexity" and c.data_curriculum.update_every <= 0:
-        raise ConfigError("data_curriculum.update_every must be positive for self_perplexity.")
-    if not 0 < c.data_curriculum.rescore_fraction <= 1:
-        raise ConfigError("data_curriculum.rescore_fraction must lie in (0, 1].")

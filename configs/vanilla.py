@@ -10,5 +10,9 @@ Preset words: small, medium, large, tiny, bf16, smoke; and key=value pairs (trai
 from climb_jax import config_lib
 
 
+# The baseline of launch/sweep.py's comparison grid: no preset words.
+PAPER_GRID = [()]
+
+
 def get_config(arg=None):
     return config_lib.build("vanilla", arg)

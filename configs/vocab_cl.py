@@ -4,20 +4,22 @@
   python -m climb_jax.main --config=configs/vocab_cl.py:pos_tags,log --workdir=...
   python -m climb_jax.main --config=configs/vocab_cl.py:token_ids,root --workdir=...
 
-Preset words (the seed's six vocabulary configs are a kind word with `linear` or `log`):
+Preset words (the reference's six vocabulary configs are a kind word with `linear` or `log`):
   token_ids                 allowed iff the token's frequency rank <= pace * vocabulary size (default)
   pos_tags                  allowed iff the token's POS class <= pace * 11 (NOUN, VERB, ADJ, ... X)
   pos_tags_and_token_ids    allowed iff pos * V + rank <= pace * 11 * V
   linear (default), log, quad, root, exp, step   the pacing function
-  exclude_unk               leave replaced positions out of the MLM loss (the seed predicts <unk> there)
-Pacing parameters are the seed's (start 6.25% of training, full vocabulary by 87.5%, starting
+  exclude_unk               leave replaced positions out of the MLM loss (the reference predicts <unk> there)
+Pacing parameters are the reference's (start 6.25% of training, full vocabulary by 87.5%, starting
 difficulty 0.1); override any of them: --config.vocab_curriculum.pacing.end_percent=0.5
 """
 
-from climb_jax import config_lib
+from climb_jax import choices, config_lib
 
-KINDS = ("token_ids", "pos_tags", "pos_tags_and_token_ids")
-PACINGS = ("linear", "log", "quad", "root", "exp", "step")
+KINDS = choices.VOCAB_CURRICULUM_KINDS
+PACINGS = choices.PACING_WORDS
+# The reference's six vocabulary configs (launch/sweep.py's comparison grid).
+PAPER_GRID = [(kind, pacing) for kind in KINDS for pacing in choices.PAPER_PACINGS]
 
 
 def _kind(kind):
@@ -42,8 +44,8 @@ PRESETS = {
 
 
 def setup(c):
-    c.vocab_curriculum.kind = "token_ids"
-    c.vocab_curriculum.pacing = config_lib.pacing_config("linear")
+    c.vocab_curriculum.kind = choices.VOCAB_CL_DEFAULT_KIND
+    c.vocab_curriculum.pacing = config_lib.pacing_config()
 
 
 def get_config(arg=None):

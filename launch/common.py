@@ -59,12 +59,15 @@ class Command:
     """One external command (`argv[0] == 'gcloud'` is resolved to the gcloud binary at execution).
 
     `env` is added to the environment; `tee` appends the combined output to a local file while
-    still streaming it (the GPU launcher's log file).
+    still streaming it (the GPU launcher's log file); `cwd` is the local folder it runs in; `failure`
+    replaces the generic message when it exits with an error (the command has said why already).
     """
 
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
     tee: str | None = None
+    cwd: str | None = None
+    failure: str | None = None
 
     def render(self) -> list[str]:
         words = list(self.argv)
@@ -73,6 +76,8 @@ class Command:
         line = shlex.join(words)
         if self.tee:
             line += f" 2>&1 | tee -a {shlex.quote(self.tee)}"
+        if self.cwd:
+            line = f"cd {shlex.quote(self.cwd)} && {line}"
         return [line]
 
 
@@ -167,11 +172,11 @@ def execute(plan: Sequence[Step], *, gcloud: str | None = None, out: TextIO | No
                 if step.tee:
                     code = _tee(argv, env, step.tee, out)
                 else:
-                    code = subprocess.run(argv, env=env).returncode
+                    code = subprocess.run(argv, env=env, cwd=step.cwd).returncode
             except FileNotFoundError:
                 raise LaunchError(f"cannot run '{argv[0]}': not found. Is it installed and on PATH?") from None
             if code != 0:
-                raise LaunchError(f"command failed with exit code {code}: {shlex.join(step.argv)}")
+                raise LaunchError(step.failure or f"command failed with exit code {code}: {shlex.join(step.argv)}")
         elif isinstance(step, PollUntil):
             argv = argv_of(step.argv)
             deadline = time.monotonic() + step.timeout_s

@@ -29,23 +29,15 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from launch.common import REPO_ROOT, LaunchError, run_main  # noqa: E402
+from climb_jax import config_lib  # noqa: E402
+from climb_jax.errors import ConfigError  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------
 # The comparison grid (CLIMB's configurations), in report order.
 
-PACINGS = ("linear", "log")
-VOCAB_KINDS = ("token_ids", "pos_tags", "pos_tags_and_token_ids")
-DATA_CURRICULA = ("spoken_first", "grammatical_first", "ngram", "self_perplexity", "random_perplexity")
-OBJECTIVE_PRESETS = (
-    "base_mlm",
-    "pos_nv_mlm",
-    "pos_all_mlm",
-    "multitask_pos_all_mlm",
-    "multitask_pos_all_mlm_0",
-    "multitask_pos_nv_all_mlm",
-    "multitask_pos_nv_all_mlm_0",
-    "multitask_pos_nv_mlm_0",
-)
+# The config files of the grid, baseline first; each declares its part of the grid (`PAPER_GRID`,
+# next to its presets).
+GRID_FILES = ("configs/vanilla.py", "configs/vocab_cl.py", "configs/data_cl.py", "configs/objective_cl.py")
 DEFAULT_SEEDS = (0, 1, 2)
 BASELINE = "vanilla"  # the config stem every curriculum is compared against
 
@@ -68,11 +60,7 @@ class Entry:
 
 def comparison_entries() -> list[Entry]:
     """Vanilla, then every vocabulary (6), data (10) and objective (8) curriculum preset: 25 configs."""
-    entries = [Entry("configs/vanilla.py")]
-    entries += [Entry("configs/vocab_cl.py", (kind, pacing)) for kind in VOCAB_KINDS for pacing in PACINGS]
-    entries += [Entry("configs/data_cl.py", (curr, pacing)) for curr in DATA_CURRICULA for pacing in PACINGS]
-    entries += [Entry("configs/objective_cl.py", (preset,)) for preset in OBJECTIVE_PRESETS]
-    return entries
+    return [Entry(path, tuple(words)) for path in GRID_FILES for words in config_lib.load_module(path).PAPER_GRID]
 
 
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.]*")
@@ -100,7 +88,13 @@ def parse_entry(text: str) -> Entry:
     stem = Path(config).stem
     if "__" in stem or not stem:
         raise LaunchError(f"grid entry '{text}': config file names may not contain '__'.")
-    words = tuple(_check_word(w.strip(), f"grid entry '{text}'") for w in arg.split(",") if w.strip())
+    try:
+        parsed = config_lib.parse_arg(arg)
+    except ConfigError as e:
+        raise LaunchError(f"grid entry '{text}': {e}") from None
+    for setting in parsed.settings:
+        _check_word(f"{setting.key}=...", f"grid entry '{text}'")
+    words = tuple(_check_word(w, f"grid entry '{text}'") for w in parsed.words)
     if "smoke" in words:
         raise LaunchError(f"grid entry '{text}': add 'smoke' to every run with --smoke, not to one entry.")
     return Entry(config, words)

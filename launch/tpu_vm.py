@@ -2,14 +2,21 @@
 
     python launch/tpu_vm.py create climb-v4-32 --zone=us-central2-b --accelerator-type=v4-32
     python launch/tpu_vm.py setup  climb-v4-32 --zone=us-central2-b
-    python launch/tpu_vm.py run    climb-v4-32 --zone=us-central2-b \\
-        --config=configs/vanilla.py:small --workdir=gs://my-bucket/runs/vanilla_small
+    python launch/tpu_vm.py run    climb-v4-32 --zone=us-central2-b --accelerator-type=v4-32 \\
+        --config=configs/vanilla.py:small,bf16 --workdir=gs://my-bucket/runs/vanilla_small
     python launch/tpu_vm.py logs   climb-v4-32 --zone=us-central2-b --run-name=vanilla_small
     python launch/tpu_vm.py delete climb-v4-32 --zone=us-central2-b
 
-Every subcommand takes `--dry-run`, which prints the gcloud commands (one per line, shell-quoted)
-and comment lines starting with `#`, and runs nothing. Multi-host slices need no per-host logic
-here: `--worker=all` runs the same command on every host and `jax.distributed.initialize()` (switched
+`run` first compiles the run for the slice on this machine (`python -m climb_jax.aot`, which needs
+libtpu: `pip install "jax[tpu]==<the jax pin>"`) and stops, before any VM time is spent, when the
+config does not fit the chips' memory or its global batch does not split over the slice; it needs
+`--accelerator-type` for that, or `--no-preflight`. `preflight` runs that check alone:
+
+    python launch/tpu_vm.py preflight --config=configs/vanilla.py:large,bf16 --accelerator-type=v4-32
+
+Every subcommand takes `--dry-run`, which prints the commands (one per line, shell-quoted: gcloud's,
+and the local pre-flight's) and comment lines starting with `#`, and runs nothing. Multi-host slices
+need no per-host logic here: `--worker=all` runs the same command on every host and `jax.distributed.initialize()` (switched
 on by `--config.distributed.initialize=true`) discovers the slice's topology from the TPU metadata.
 """
 
@@ -20,13 +27,15 @@ import os
 import re
 import shlex
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from climb_jax import accelerators  # noqa: E402  (pure Python: no JAX)
+from climb_jax.accelerators import SliceShape  # noqa: E402
+from climb_jax.errors import ClimbError  # noqa: E402
 from launch.common import (  # noqa: E402
     REPO_ROOT,
     Command,
@@ -42,64 +51,15 @@ from launch.common import (  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------
-# The one table of TPU generations.
-
-
-@dataclass(frozen=True)
-class TpuGeneration:
-    """How an accelerator type `<prefix>-<N>` maps to hosts, and the runtime image to boot.
-
-    `N` counts TensorCores on v4/v5p (two per chip) and chips on v5e/v6e. Slices up to
-    `max_single_host_chips` chips live on one VM; larger slices have `chips_per_host` chips per VM.
-    """
-
-    prefix: str
-    runtime_version: str
-    cores_per_chip: int
-    chips_per_host: int
-    max_single_host_chips: int
-
-
-TPU_GENERATIONS: dict[str, TpuGeneration] = {
-    g.prefix: g
-    for g in (
-        TpuGeneration("v4", "tpu-ubuntu2204-base", cores_per_chip=2, chips_per_host=4, max_single_host_chips=4),
-        TpuGeneration("v5litepod", "v2-alpha-tpuv5-lite", cores_per_chip=1, chips_per_host=4, max_single_host_chips=8),
-        TpuGeneration("v5p", "v2-alpha-tpuv5", cores_per_chip=2, chips_per_host=4, max_single_host_chips=4),
-        TpuGeneration("v6e", "v2-alpha-tpuv6e", cores_per_chip=1, chips_per_host=4, max_single_host_chips=8),
-    )
-}
-
-
-@dataclass(frozen=True)
-class SliceShape:
-    accelerator_type: str
-    generation: TpuGeneration
-    chips: int
-    hosts: int
+# Slices: the table of TPU generations lives in climb_jax.accelerators (the pre-flight uses it too).
 
 
 def slice_shape(accelerator_type: str) -> SliceShape:
     """Chips and hosts of an accelerator type such as `v4-32` (4 hosts) or `v5litepod-16` (4 hosts)."""
-    match = re.fullmatch(r"([a-z0-9]+)-(\d+)", accelerator_type)
-    if match is None or match.group(1) not in TPU_GENERATIONS:
-        hint = ""
-        if accelerator_type.startswith("v5e-"):
-            hint = f" Cloud TPU calls v5e slices 'v5litepod-N': use v5litepod-{accelerator_type[4:]}."
-        raise LaunchError(
-            f"unknown accelerator type '{accelerator_type}'.{hint} Use <generation>-<size> with a generation of "
-            f"{', '.join(TPU_GENERATIONS)} (e.g. v4-8, v4-32, v5litepod-16, v5p-16, v6e-8)."
-        )
-    gen = TPU_GENERATIONS[match.group(1)]
-    size = int(match.group(2))
-    chips, rest = divmod(size, gen.cores_per_chip)
-    if size <= 0 or rest:
-        raise LaunchError(f"'{accelerator_type}': the size of a {gen.prefix} slice counts TensorCores, a multiple of {gen.cores_per_chip}.")
-    if chips <= gen.max_single_host_chips:
-        return SliceShape(accelerator_type, gen, chips, 1)
-    if chips % gen.chips_per_host:
-        raise LaunchError(f"'{accelerator_type}' has {chips} chips, not a multiple of {gen.chips_per_host} chips per host.")
-    return SliceShape(accelerator_type, gen, chips, chips // gen.chips_per_host)
+    try:
+        return accelerators.slice_shape(accelerator_type)
+    except ClimbError as e:
+        raise LaunchError(str(e)) from None
 
 
 def tpu_hosts(accelerator_type: str) -> int:
@@ -274,15 +234,39 @@ def plan_setup(args) -> list[Step]:
     return plan
 
 
+def _check_overrides(overrides: Sequence[str]) -> None:
+    for extra in overrides:
+        if not extra.startswith("--config.") or "=" not in extra:
+            raise LaunchError(f"unexpected argument {extra!r}: extra arguments must be config overrides like --config.trainer.lr=3e-4.")
+
+
 def _train_argv(args) -> list[str]:
     if not args.workdir:
         raise LaunchError("--workdir is required: use a gs:// path so checkpoints outlive the VM.")
-    for extra in args.overrides:
-        if not extra.startswith("--config.") or "=" not in extra:
-            raise LaunchError(f"unexpected argument {extra!r}: extra arguments must be config overrides like --config.trainer.lr=3e-4.")
+    _check_overrides(args.overrides)
     return [
         ".venv/bin/python", "-m", "climb_jax.main", f"--config={args.config}", f"--workdir={args.workdir}",
         "--config.distributed.initialize=true", *args.overrides,
+    ]
+
+
+def plan_preflight(args) -> list[Step]:
+    """Compiles the run for the slice on this machine (`python -m climb_jax.aot`): a config that does not
+    fit the chips' memory, or whose global batch does not split over the slice, stops here."""
+    if not args.accelerator_type:
+        if args.subcommand == "preflight":
+            raise LaunchError("preflight needs --accelerator-type, the slice to compile for (e.g. v4-32).")
+        raise LaunchError("run needs --accelerator-type (the slice's, e.g. v4-32) for the pre-flight that checks "
+                          "the config fits before any VM time is spent; or pass --no-preflight.")
+    shape = slice_shape(args.accelerator_type)
+    _check_overrides(args.overrides)
+    return [
+        Comment(f"pre-flight on this machine (no VM time): compile {args.config} for {shape.accelerator_type} "
+                f"({shape.topology_name}); stops here if it does not fit or its batch does not split"),
+        Command((args.python, "-m", "climb_jax.aot", f"--config={args.config}",
+                 f"--accelerator-type={shape.accelerator_type}", *args.overrides),
+                cwd=str(args.source), failure="the pre-flight refused this config (see the error above): change it, "
+                "or pass --no-preflight to launch anyway"),
     ]
 
 
@@ -290,6 +274,7 @@ def plan_run(args) -> list[Step]:
     d = _check_remote_dir(args.remote_dir, "--remote-dir")
     run_name = _check_name(args.run_name or _default_run_name(args.workdir or ""), "--run-name")
     train = shlex.join(_train_argv(args))
+    checks = [] if args.no_preflight else plan_preflight(args)
     log_dir = f"~/climb_logs/{run_name}"
     log = f"{log_dir}/worker$W.log"
     head = f"cd {d} && mkdir -p {log_dir} && W={WORKER_ID} && "
@@ -300,7 +285,7 @@ def plan_run(args) -> list[Step]:
         )
     else:
         command = head + f"set -o pipefail && PYTHONUNBUFFERED=1 {train} 2>&1 | tee -a {log} | sed -u \"s/^/[worker $W] /\""
-    plan: list[Step] = [Comment(f"run on every worker of {args.name}; per-worker logs in {log_dir}/worker<N>.log")]
+    plan: list[Step] = [*checks, Comment(f"run on every worker of {args.name}; per-worker logs in {log_dir}/worker<N>.log")]
     if not args.workdir.startswith("gs://"):
         plan.append(Comment("warning: the workdir is not on gs://; a multi-host run needs storage every host shares"))
     plan.append(_ssh(args, command))
@@ -347,6 +332,12 @@ def plan_ssh(args) -> list[Step]:
 # Command line.
 
 
+def add_preflight_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--accelerator-type", help="the slice (v4-8, v4-32, v5litepod-16, ...): the pre-flight compiles for it")
+    p.add_argument("--python", default="python", help="local interpreter with climb_jax and libtpu (default: python)")
+    p.add_argument("--source", default=str(REPO_ROOT), help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tpu_vm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="subcommand", required=True)
@@ -391,7 +382,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-name", help="name of the per-worker log folder ~/climb_logs/<run-name> (default: workdir's last part)")
     p.add_argument("--remote-dir", default="climb_jax", help="code directory on the workers, relative to home")
     p.add_argument("--detach", action="store_true", help="start in the background (survives a dropped ssh); follow with `logs --follow`")
+    add_preflight_args(p)
+    p.add_argument("--no-preflight", action="store_true", help="launch without compiling for the slice first")
     p.set_defaults(plan=plan_run)
+
+    p = sub.add_parser("preflight", help="compile a run for a slice on this machine: fits? step time? chip-hours?",
+                       description="Compile a run for a TPU slice on this machine (no TPU, no VM) with "
+                       "`python -m climb_jax.aot`: memory per chip against its HBM, estimated step time, "
+                       "tokens/s, MFU and chip-hours. Exit status 2 when it does not fit.")
+    p.add_argument("--config", required=True, help="e.g. configs/vanilla.py:small,bf16 (preset words after ':')")
+    p.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+    add_preflight_args(p)
+    p.set_defaults(plan=plan_preflight, name=None)
 
     p = add("logs", "fetch every worker's log (or follow them live)")
     p.add_argument("--run-name", required=True, help="the run's log folder name (see `run`)")
@@ -421,15 +423,16 @@ def plan(argv: Sequence[str]) -> tuple[list[Step], argparse.Namespace]:
     parser = build_parser()
     args, extra = parser.parse_known_args(list(argv))
     args.overrides = extra
-    if extra and args.subcommand != "run":
+    if extra and args.subcommand not in ("run", "preflight"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    _check_name(args.name, "name")
+    if args.name is not None:
+        _check_name(args.name, "name")
     return args.plan(args), args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     steps, args = plan(sys.argv[1:] if argv is None else argv)
-    return finish(steps, dry_run=args.dry_run, gcloud=args.gcloud)
+    return finish(steps, dry_run=args.dry_run, gcloud=getattr(args, "gcloud", None))
 
 
 if __name__ == "__main__":

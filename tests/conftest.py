@@ -1,4 +1,10 @@
-"""Shared test fixtures: the read-only data beside the checkout, and small configs."""
+"""Shared test fixtures: the optional data beside the checkout, and the XLA compile cache.
+
+Most tests need no data beyond the package: the training, resume, curriculum and fault tests run on the
+corpus sample and the part-of-speech tagger shipped in `climb_jax/data/sample/` (`tests/helpers.py`).
+The few that need the full data sets (BLiMP, babylm_mini, GLUE, the installed NLTK data) take them from
+`../shared` beside the checkout (or `$CLIMB_SHARED`) and are skipped, with the data named, without it.
+"""
 
 from __future__ import annotations
 
@@ -19,22 +25,52 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("CLIMB_SHARED", REPO.parent / "shared"))
 
 
-def shared_path(*parts: str) -> Path:
-    """A path under the shared test data; skips the test when that data is not present."""
+def shared_path(*parts: str, what: str = "") -> Path:
+    """A path under the shared test data; skips the test, naming the data, when it is not present."""
     path = SHARED.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"test data {path} is not present (set CLIMB_SHARED to the shared data folder)")
+        pytest.skip(f"needs {what or '/'.join(parts)} from the shared test data, not found at {path} "
+                    "(set CLIMB_SHARED to the folder that holds data/ and nltk_data/)")
     return path
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """`../shared/data`: babylm_mini, blimp, blimp_filtered, blimp_supplement, glue_filtered."""
-    return shared_path("data")
+    return shared_path("data", what="the full data sets (babylm_mini, BLiMP, BLiMP supplement, GLUE)")
 
 
 @pytest.fixture(scope="session")
-def nltk_data() -> Path:
-    path = shared_path("nltk_data")
+def babylm_mini() -> Path:
+    """A corpus folder in the `train/ dev/ test/` layout: `../shared/data/babylm_mini` when present, else
+    the sample shipped in the package, which holds the first lines of every babylm_mini file (so a test
+    that reads a few hundred lines of a file reads the same text from either)."""
+    path = SHARED / "data" / "babylm_mini"
+    if path.exists():
+        return path
+    from climb_jax.data.corpus import EMBEDDED_DIR
+
+    return EMBEDDED_DIR
+
+
+@pytest.fixture(scope="session")
+def nltk_data(tmp_path_factory) -> Path:
+    """A folder of NLTK tagger data: `../shared/nltk_data` when present, else the tagger shipped in the
+    package, unpacked into this session's temporary folder (the same perceptron model and tag map;
+    `test_bundled_tagger.py` checks that they tag alike)."""
+    path = SHARED / "nltk_data"
+    if not path.exists():
+        from climb_jax.data import pos
+
+        os.environ["CLIMB_JAX_CACHE"] = str(tmp_path_factory.mktemp("climb_jax_cache"))
+        path = Path(pos.bundled_nltk_data())
     os.environ["NLTK_DATA"] = str(path)
     return path
+
+
+def pytest_collection_modifyitems(items):
+    """Marks every test that asks for the shared data `shared`, so `-m "not shared"` selects what runs on
+    any checkout."""
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.shared)

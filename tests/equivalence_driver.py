@@ -1,5 +1,8 @@
 """Runs the tiny run of each curriculum kind in this process and writes its metrics; the scale-out test
-starts it once with 1 CPU device and once with 8 fake ones (XLA_FLAGS set before JAX is imported)."""
+starts it once with 1 CPU device and once with 8 fake ones (XLA_FLAGS set before JAX is imported).
+
+    python -m tests.equivalence_driver CACHE_DIR OUT_DIR vanilla,vocab,data,objective [CPU_DEVICES]
+"""
 
 from __future__ import annotations
 
@@ -17,16 +20,15 @@ KINDS = {
 }
 
 
-def main(shared: str, cache: str, out: str, kinds: str, cpu_devices: str = "1") -> None:
+def main(cache: str, out: str, kinds: str, cpu_devices: str = "1") -> None:
     """`cpu_devices` other than 1 sets `mesh.cpu_devices`, so the run itself splits the CPU: JAX must not
     start before the first Trainer does."""
-    from climb_jax.train.loop import Trainer
-    from tests.helpers import tiny_config
+    from tests.helpers import tiny_config, train
 
     result = {}
     for kind in kinds.split(","):
         name, arg, sections = KINDS[kind]
-        c = tiny_config(Path(shared), Path(cache), name=name, arg=arg, **sections)
+        c = tiny_config(Path(cache), name=name, arg=arg, **sections)
         c.trainer.total_steps = 200
         c.trainer.log_every = 10
         c.mesh.cpu_devices = int(cpu_devices)
@@ -36,7 +38,7 @@ def main(shared: str, cache: str, out: str, kinds: str, cpu_devices: str = "1") 
             c.distributed.num_processes = int(os.environ["CLIMB_TEST_NUM_PROCESSES"])
             c.distributed.process_id = int(os.environ["CLIMB_TEST_PROCESS_ID"])
         workdir = Path(out) / f"{kind}_{os.environ.get('CLIMB_TEST_RUN_TAG') or os.getpid()}"
-        Trainer(c, str(workdir), progress=False).run()
+        train(c, workdir)
         result[kind] = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
     import jax
 

@@ -77,9 +77,9 @@ def _in_save(target: int) -> None:
 
 
 def _in_data_prep(stage: str) -> None:
-    from climb_jax.data import cache, dataset
+    from climb_jax.data import build, cache
 
-    targets = {"encode": (dataset, "_assemble"), "manifest": (cache, "write_manifest"),
+    targets = {"encode": (build, "assemble"), "manifest": (cache, "write_manifest"),
                "publish": (cache, "publish")}
     if stage not in targets:
         raise SystemExit(f"kill_in_data_prep: unknown stage '{stage}'; use one of {sorted(targets)}")

@@ -34,12 +34,12 @@ def _head(src: Path, dst: Path, n: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def small_corpus(shared_data, tmp_path_factory) -> Path:
+def small_corpus(babylm_mini, tmp_path_factory) -> Path:
     """A few hundred lines of three babylm_mini sources, in the `train/ dev/` layout."""
     root = tmp_path_factory.mktemp("corpus")
     for split, scale in (("train", 1), ("dev", 4)):
         for source, n in SOURCES.items():
-            _head(shared_data / "babylm_mini" / split / f"{source}.{split}", root / split / f"{source}.{split}",
+            _head(babylm_mini / split / f"{source}.{split}", root / split / f"{source}.{split}",
                   n // scale)
     return root
 
@@ -156,7 +156,7 @@ def test_a_single_line_of_megabytes(small_corpus, nltk_data, tmp_path):
 
 
 def test_unknown_sources_for_a_source_order_curriculum(messy_data):
-    from climb_jax.train.loop import initial_scores
+    from climb_jax.curriculum.data_curriculum import initial_scores
 
     run_cfg = config_lib.base_config()
     run_cfg.data_curriculum.scorer = "source_order"
@@ -204,7 +204,7 @@ def test_preset_arguments(arg, message):
     ("vocab_curriculum.pacing", dict(start_percent=0.9, end_percent=0.5),
      r"vocab_curriculum.pacing: pacing start_percent=0.9 must be smaller than end_percent=0.5"),
     ("data_curriculum.pacing", dict(starting_difficulty=1.5), r"data_curriculum.pacing: .*must lie in \[0, 1\]"),
-    ("data_curriculum.pacing", dict(name="cubic"), r"unknown pacing function 'cubic'"),
+    ("data_curriculum.pacing", dict(name="cubic"), r"data_curriculum.pacing.name='cubic' is not valid.*Choose one of: linear"),
     ("model", dict(hidden_size=100, num_heads=8), r"hidden_size=100 is not divisible by model.num_heads=8"),
     ("data", dict(vocab_size=260), r"data.vocab_size=260 is too small"),
     ("trainer", dict(warmup_steps=500, total_steps=300), r"warmup_steps=500 must lie in \[0, trainer.total_steps"),
@@ -237,7 +237,7 @@ def test_batch_not_divisible_by_the_device_count(tmp_path):
     assert_clean_error(proc, r"trainer.batch_size=12 is not divisible by the 8 devices .* use a multiple of 8")
 
 
-def test_checkpoint_vocabulary_differs_from_the_tokenizer(shared_data, small_corpus, nltk_data, tmp_path):
+def test_checkpoint_vocabulary_differs_from_the_tokenizer(small_corpus, nltk_data, tmp_path):
     """A rerun whose data settings give another vocabulary than the run's checkpoints were trained with:
     refused with the reason (not "unreadable", not a fallback), and the run's config.json and tokenizer
     are left as they were."""
@@ -247,12 +247,12 @@ def test_checkpoint_vocabulary_differs_from_the_tokenizer(shared_data, small_cor
 
     import jax
 
-    c = tiny_config(shared_data, tmp_path / "cache")
+    c = tiny_config(tmp_path / "cache")
     c.data.update(corpus=str(small_corpus), vocab_size=320, max_train_words=0, max_eval_words=0)
     data = prepare_data(c.data, tmp_path / "cache", progress=False)
     vocab = len(data.tokenizer)
     workdir = tmp_path / "run"
-    old = RunSetup.from_config(c, vocab_size=vocab + 40, token_rank=np.arange(vocab + 40))
+    old = RunSetup.from_config(c, vocab_size=vocab + 40)
     ckpt = Checkpointer(workdir / "checkpoints", async_save=False)
     ckpt.save(20, old.init_state(0), {"step": 20})
     ckpt.close()

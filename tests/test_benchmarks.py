@@ -72,12 +72,16 @@ def test_train_step_summary_checks_parity_and_flops(tiny_runs):
     (s,) = [r for r in tiny_runs["train_step"] if r["bench"] == "train_step_summary"]
     assert s["compiles"] == 1
     assert s["logits_max_abs_diff"] < 1e-4  # the reference runs OUR initial weights
-    # Tiny: H=64, 2 layers, I=128, V=600, L=32; 5 MLM head slots per row (ceil(0.15 * 32)).
+    # Tiny: H=64, 2 layers, I=128, V=600, L=32; the MLM head runs on the step's static target slots.
+    from climb_jax.train.masking import num_targets
+
+    slots = num_targets(32, 0.15)
+    assert 0.15 * 32 < slots < 32
     encoder = 6 * 2 * (4 * 64 * 64 + 2 * 64 * 128)
     attention = 12 * 2 * 32 * 64
     head = 6 * (64 * 64 + 64 * 600)
     assert s["model_flops_per_token"] == encoder + attention + head
-    assert s["executed_flops_per_token"] == round(encoder + attention + head * 5 / 32)
+    assert s["executed_flops_per_token"] == round(encoder + attention + head * slots / 32)
     # XLA's own count covers every matmul the step runs, plus elementwise work.
     assert s["xla_flops_per_token"] >= 0.95 * s["executed_flops_per_token"]
     assert s["ratio"] == pytest.approx(
@@ -162,3 +166,92 @@ def test_synthetic_batch_is_well_formed():
     assert counts[5:15].sum() > 5 * counts[100:110].sum()  # Zipf: low ids (frequent ranks) dominate
     assert pos.min() >= 0 and pos.max() <= 11 and (pos[:, 0] == 11).all()
     np.testing.assert_array_equal(ids, common.synthetic_batch(1, 16, 64, 1000)["input_ids"])
+
+
+# -- convergence --------------------------------------------------------------------------------
+
+
+def test_convergence_reports_both_curves_side_by_side():
+    recs = _records(_start("convergence.py", "--quick"))
+    intervals = [r for r in recs if r["bench"] == "convergence_interval"]
+    (summary,) = [r for r in recs if r["bench"] == "convergence"]
+    assert [r["end_step"] for r in intervals] == list(range(summary["interval"], summary["steps"] + 1,
+                                                            summary["interval"]))
+    for r in intervals:
+        assert math.isfinite(r["ours"]) and math.isfinite(r["reference"])
+        assert r["gap"] == pytest.approx(r["ours"] - r["reference"], abs=2e-5)
+        assert 0 < r["gap_se"] < 1
+    gaps = [r["gap"] for r in intervals]
+    assert summary["max_abs_gap"] == pytest.approx(max(abs(g) for g in gaps), abs=2e-5)
+    assert summary["mean_gap"] == pytest.approx(float(np.mean(gaps)), abs=2e-5)
+    assert summary["ours_compiles"] == 1
+    # Equal initial weights, one batch masked once, dropout off: equal losses.
+    same = summary["same_batch_initial_loss"]
+    assert same["targets"] > 0 and same["abs_diff"] < 1e-4
+    assert same["abs_diff"] == pytest.approx(abs(same["ours"] - same["reference"]), abs=2e-6)
+    # Both sides applied the same learning rates at every step, and our defaults are the reference's recipe.
+    assert set(summary["learning_rate_max_abs_diff"]) == {"encoder", "mlm_head"}
+    assert max(summary["learning_rate_max_abs_diff"].values()) < 1e-8
+    assert {k: summary["ours_recipe"][k] for k in summary["reference_recipe"] if k in summary["ours_recipe"]} == \
+        {k: v for k, v in summary["reference_recipe"].items() if k in summary["ours_recipe"]}
+    # Both implementations learn from the same rows.
+    for side in ("ours", "reference"):
+        assert intervals[-1][side] < intervals[0][side] < summary["first_loss"][side] + 0.5
+
+
+# -- host pipeline -------------------------------------------------------------------------------
+
+
+def test_host_pipeline_rates_and_shortfalls(capsys):
+    """Every curriculum gets every stage's rate; against a rate no host can meet, every (curriculum,
+    stage) is a shortfall with its fraction of the need; against a trivial one, none is."""
+    from benchmarks import host_pipeline
+
+    curricula = ("vanilla", "data:ngram", "data:source_order")
+    assert host_pipeline.main(["--quick", "--batches=5", "--max_train_words=20000", "--batch=16",
+                               f"--curricula={','.join(curricula)}", "--target_sequences_per_s=1e12"]) == 0
+    recs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    data = next(r for r in recs if r["bench"] == "host_pipeline_data")
+    assert data["memory_mapped"] and data["train_sequences"] > 0
+    rows = {r["curriculum"]: r for r in recs if r["bench"] == "host_pipeline"}
+    assert set(rows) == set(curricula)
+    for r in rows.values():
+        assert all(r[f"{s}_sequences_per_s"] > 0 for s in host_pipeline.STAGES)
+    (summary,) = [r for r in recs if r["bench"] == "host_pipeline_summary"]
+    assert summary["needed_sequences_per_s"] == 2e12 and summary["keeps_up"] is False
+    short = {(s["curriculum"], s["stage"]): s for s in summary["shortfalls"]}
+    assert set(short) == {(c, s) for c in curricula for s in host_pipeline.STAGES}
+    for (c, s), item in short.items():
+        assert item["fraction_of_needed"] == pytest.approx(rows[c][f"{s}_sequences_per_s"] / 2e12, rel=1e-2, abs=1e-6)
+    results = {c: {s: rows[c][f"{s}_sequences_per_s"] for s in host_pipeline.STAGES} for c in curricula}
+    assert host_pipeline.shortfalls(results, 1.0) == [] and host_pipeline.shortfalls(results, None) == []
+    slowest = min((r, c, s) for c in curricula for s, r in results[c].items())
+    assert summary["slowest"][:2] == [slowest[1], slowest[2]]
+
+
+# -- accelerator ---------------------------------------------------------------------------------
+
+
+def test_accelerator_quick_reports_rates_compiles_and_mfu():
+    from benchmarks import accelerator
+    from climb_jax import accelerators
+
+    recs = _records(_start("accelerator.py", "--quick"))
+    lines = {r["impl"]: r for r in recs if r["bench"] == "accelerator"}
+    (summary,) = [r for r in recs if r["bench"] == "accelerator_summary"]
+    assert set(lines) == {"ours", "torch"} and summary["train_step_compiles"] == 1
+    tokens = summary["batch"] * summary["seq"]
+    for name, r in lines.items():
+        assert r["tokens_per_s"] == pytest.approx(tokens / r["step_s"], rel=1e-3)
+        assert summary[f"{name}_tokens_per_s"] == r["tokens_per_s"] and math.isfinite(r["last_loss"])
+        assert r["mfu"] is None  # a CPU has no entry in the chip table
+    assert summary["speedup_vs_torch"] == pytest.approx(lines["ours"]["tokens_per_s"] / lines["torch"]["tokens_per_s"],
+                                                        rel=1e-2)
+    assert not any(r["bench"] == "accelerator_training" for r in recs)  # --quick trains nothing
+
+    class FakeGpu:
+        platform, device_kind = "gpu", "NVIDIA H100 80GB HBM3"
+
+    chip = accelerator.chip_of(FakeGpu())
+    assert chip["peak_bf16_flops"] == accelerators.gpu_chip("h100").peak_bf16_flops == 989e12
+    assert accelerator.chip_of(type("Unknown", (), {"platform": "gpu", "device_kind": "X1"})())["chip"] is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -14,39 +15,38 @@ from climb_jax.constants import MASK_ID, NUM_SPECIAL, SPECIAL_TOKENS
 from climb_jax.errors import ConfigError, DataError
 from climb_jax.eval.blimp import BlimpEvaluator, accuracy_report, encode_sentences
 from climb_jax.eval.perplexity import PLLScorer
-from climb_jax.eval.suites import EMBEDDED_DIR, load_suite
+from climb_jax.eval.suites import EMBEDDED_DIR, FULL_BLIMP_DIR, load_suite
 
 # --------------------------------------------------------------------------------------------
 # Helpers shared with the other evaluation tests.
 
 
-def read_lines(data_dir: Path, n: int = 400) -> list[str]:
-    """The first n/4 non-empty lines of four babylm_mini sources."""
+SAMPLE_TRAIN = Path(__file__).resolve().parent.parent / "climb_jax" / "data" / "sample" / "train"
+
+
+def read_lines(n: int = 400) -> list[str]:
+    """The first n/4 non-empty lines of four sources of the corpus sample shipped in the package."""
     lines = []
     for name in ("aochildes", "brown_fiction", "switchboard", "overheard"):
-        with open(data_dir / "babylm_mini" / "train" / f"{name}.train", encoding="utf-8") as f:
+        with open(SAMPLE_TRAIN / f"{name}.train", encoding="utf-8") as f:
             lines += [line.strip() for line in f if line.strip()][: n // 4]
     return lines
 
 
 @lru_cache(maxsize=2)
-def _tokenizer(data_dir: str, vocab_size: int):
+def tiny_tokenizer(vocab_size: int = 600):
+    """A byte-level BPE trained on a few hundred lines of the sample, RoBERTa specials at ids 0-4."""
     from tokenizers import ByteLevelBPETokenizer, processors
     from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(read_lines(Path(data_dir)), vocab_size=vocab_size, min_frequency=2,
+    bpe.train_from_iterator(read_lines(), vocab_size=vocab_size, min_frequency=2,
                             special_tokens=list(SPECIAL_TOKENS), show_progress=False)
     bpe.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>",
                                   pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
     assert [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == list(range(NUM_SPECIAL))
     return tok
-
-
-def tiny_tokenizer(data_dir: Path, vocab_size: int = 600):
-    """A byte-level BPE trained on a few hundred babylm_mini lines, RoBERTa specials at ids 0-4."""
-    return _tokenizer(str(data_dir), vocab_size)
 
 
 @lru_cache(maxsize=2)
@@ -115,6 +115,31 @@ def test_embedded_sample_is_blimp_filtered_prefix(shared_data):
     assert pair.field == "syntax" and pair.term == "island_effects" and pair.pair_id == "0"
 
 
+def test_bundled_full_suite(tmp_path):
+    """The whole filtered BLiMP ships gzip-compressed; the embedded sample is its first 20 pairs per paradigm."""
+    full = load_suite("blimp_filtered")
+    assert full.name == "blimp_filtered" and len(full.paradigms) == 67 and full.num_pairs == 59_875
+    assert sum(f.stat().st_size for f in FULL_BLIMP_DIR.iterdir()) < 2_000_000
+    head = load_suite("blimp_filtered", max_pairs_per_file=20)
+    assert head.pairs == load_suite("embedded").pairs
+    # A user's suite may mix compressed and plain files; the same paradigm twice is refused.
+    d = write_suite(tmp_path / "mixed", {"plain": [{"sentence_good": "A b.", "sentence_bad": "B a."}]})
+    (d / "packed.jsonl.gz").write_bytes(gzip.compress(b'{"sentence_good": "C d.", "sentence_bad": "D c."}\n'))
+    assert [p.name for p in load_suite(d).paradigms] == ["packed", "plain"]
+    (d / "plain.jsonl.gz").write_bytes(gzip.compress(b'{"sentence_good": "C d.", "sentence_bad": "D c."}\n'))
+    with pytest.raises(DataError, match="plain both compressed and not"):
+        load_suite(d)
+    (d / "plain.jsonl.gz").write_bytes(b"not gzip")
+    (d / "plain.jsonl").unlink()
+    with pytest.raises(DataError, match="cannot read minimal-pair file"):
+        load_suite(d)
+
+
+def test_bundled_full_suite_equals_the_shared_copy(shared_data):
+    for path in sorted((shared_data / "blimp_filtered").glob("*.jsonl")):
+        assert gzip.decompress((FULL_BLIMP_DIR / (path.name + ".gz")).read_bytes()) == path.read_bytes()
+
+
 def test_full_blimp_keys_and_max_pairs(shared_data):
     suite = load_suite(shared_data / "blimp", max_pairs_per_file=2)
     assert suite.name == "blimp" and suite.num_pairs == 134
@@ -149,7 +174,7 @@ def test_bad_files(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_suite(tmp_path / "nowhere")
     (tmp_path / "nofiles").mkdir()
-    with pytest.raises(DataError, match="no \\*\\.jsonl files"):
+    with pytest.raises(DataError, match="no \\*\\.jsonl \\(or \\*\\.jsonl.gz\\) files"):
         load_suite(tmp_path / "nofiles")
     with pytest.raises(ConfigError, match="max_pairs_per_file"):
         load_suite("embedded", max_pairs_per_file=-1)
@@ -186,8 +211,8 @@ def test_accuracy_bookkeeping_ties_count_as_right(tmp_path):
 # Scoring.
 
 
-def test_word_ids_mark_multi_token_words(shared_data):
-    tok = tiny_tokenizer(shared_data)
+def test_word_ids_mark_multi_token_words():
+    tok = tiny_tokenizer()
     ids, words = encode_sentences(tok, ["The zookeeper's anthropologists, reluctantly.", "Hi\nthere"],
                                   with_word_ids=True)
     assert ids[0][0] == 0 and ids[0][-1] == 2 and words[0][0] == -1 and words[0][-1] == -1
@@ -199,10 +224,10 @@ def test_word_ids_mark_multi_token_words(shared_data):
     assert len(set(words[0][1:-1].tolist())) < len(ids[0]) - 2  # some word has several tokens
 
 
-def test_pll_matches_direct_computation(shared_data):
-    tok = tiny_tokenizer(shared_data)
+def test_pll_matches_direct_computation():
+    tok = tiny_tokenizer()
     cfg, params = tiny_model(len(tok))
-    suite = load_suite(shared_data / "blimp_filtered", max_pairs_per_file=1)
+    suite = load_suite("blimp_filtered", max_pairs_per_file=1)
     pairs = suite.pairs[:2]
     sentences = [s for p in pairs for s in (p.good, p.bad)] + ["A: Hello there.\nB: Hi, you!"]
     scorer = None
@@ -225,8 +250,8 @@ def test_pll_matches_direct_computation(shared_data):
     assert np.any(np.abs(pll_scores - got) > 1e-3)
 
 
-def test_evaluator_report_and_bounded_compiles(shared_data, tmp_path):
-    tok = tiny_tokenizer(shared_data)
+def test_evaluator_report_and_bounded_compiles(tmp_path):
+    tok = tiny_tokenizer()
     cfg, params = tiny_model(len(tok), max_positions=40)  # a shape no other test compiles
     long = " ".join(["and the dog ran"] * 30)  # > 40 tokens: truncated
     d = write_suite(tmp_path / "mixed", {
@@ -273,10 +298,10 @@ def test_evaluator_report_and_bounded_compiles(shared_data, tmp_path):
     json.dumps(report)
 
 
-def test_bad_method_and_batch(shared_data):
+def test_bad_method_and_batch():
     from climb_jax.models.roberta import RobertaConfig
 
-    tok = tiny_tokenizer(shared_data)
+    tok = tiny_tokenizer()
     cfg = RobertaConfig(vocab_size=len(tok), hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
     with pytest.raises(ConfigError, match="pll_word_l2r"):
         BlimpEvaluator(cfg, tok, "embedded", method="pppl")

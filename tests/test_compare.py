@@ -26,7 +26,7 @@ def _config(label: str, seed: int) -> dict:
         return {"name": "objective_cl", "label": label, "seed": seed, "trainer": {"total_steps": 200},
                 "objective_curriculum": {"units": units}}
     c = config_lib.base_config()
-    c.label, c.seed, c.trainer.total_steps = label, seed, 200
+    c.label, c.seed, c.trainer.total_steps, c.trainer.warmup_steps = label, seed, 200, 20
     if label.startswith("vocab"):
         c.vocab_curriculum.kind = "pos_tags"
         c.vocab_curriculum.pacing.name = "log"
@@ -118,7 +118,11 @@ def test_report_tables_flags_and_plots(sweep, tmp_path, capsys):
     out = tmp_path / "report"
     rc = compare.main([str(root), f"--out={out}", "--n_boot=300", "--n_perm=1000"])
     assert rc == 0
-    assert capsys.readouterr().out.strip() == str(out / "report.md")
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == f"report: {out / 'report.md'}"
+    assert printed[0].startswith("| Run | Seeds | BLiMP | Δ BLiMP |")  # the summary table, on the terminal too
+    assert [l.split(" | ")[0] for l in printed[2:-1]] == ["| `vanilla`", "| `objective_cl:noun`",
+                                                          "| `vocab_cl:pos_tags-log`"]
 
     rows = _csv(out / "report.csv")
     assert list(rows) == ["vanilla", "objective_cl:noun", "vocab_cl:pos_tags-log"]  # baseline first
@@ -149,12 +153,12 @@ def test_report_tables_flags_and_plots(sweep, tmp_path, capsys):
     assert float(voc["diff_finetune_avg"]) == pytest.approx(0.05)
 
     md = (out / "report.md").read_text()
-    assert "| `vanilla` | 0, 1 |" in md and "(baseline)" in md
+    assert "| `vanilla` | seeds 0, 1 |" in md and "(baseline)" in md
     assert "mrpc (F1)" in md and "rte (acc)" in md and "(Super)GLUE avg" in md
     assert "## BLiMP per field" in md and "syntax" in md
-    obj_line = next(line for line in md.splitlines() if line.startswith("| `objective_cl:noun` | 0, 1"))
+    obj_line = next(line for line in md.splitlines() if line.startswith("| `objective_cl:noun` | seeds 0, 1"))
     assert "n.s." in obj_line
-    voc_line = next(line for line in md.splitlines() if line.startswith("| `vocab_cl:pos_tags-log` | 0, 1"))
+    voc_line = next(line for line in md.splitlines() if line.startswith("| `vocab_cl:pos_tags-log` | seeds 0, 1"))
     assert "n.s." not in voc_line.split("|")[4]  # the Δ BLiMP cell
 
     data = json.loads((out / "report.json").read_text())
@@ -202,7 +206,7 @@ def test_reader_tolerates_partial_runs(tmp_path):
     assert run.latest("blimp").overall == 0.6 and run.latest("supplement").overall == 0.7
     shutil.rmtree(wd / "eval")
     paths = report.build_report([wd], tmp_path / "out", n_boot=100, n_perm=100)
-    assert "| `vanilla` | 3 | – |" in paths["markdown"].read_text()
+    assert "| `vanilla` | seed 3 | – |" in paths["markdown"].read_text()
 
 
 def test_cli_errors(sweep, tmp_path, capsys):
@@ -236,3 +240,74 @@ def test_pacing_curves_follow_the_run_configs():
     np.testing.assert_allclose(values, [0.2, 0.6, 1.0, 1.0])
     assert set(plots.curricula(_config("objective_cl:noun", 0))) == {"units"}
     assert plots.curricula(_config("vanilla", 0)) == {}
+
+
+def test_exports_unfinished_runs_and_field_spellings(tmp_path, capsys):
+    """A sweep folder holding a Hugging Face export, a finished and an unfinished seed of one label, and
+    eval files that spell one BLiMP field two ways."""
+    rng = np.random.default_rng(2)
+    root = tmp_path / "sweep"
+    for seed in (0, 1):
+        write_run(root, "vanilla", seed, (rng.random(N_PAIRS) < 0.6).astype(float), ppl=10,
+                  rte_correct=np.ones((1, 4)))
+    late = write_run(root, "vanilla", 2, (rng.random(N_PAIRS) < 0.6).astype(float), ppl=10,
+                     rte_correct=np.ones((1, 4)))
+    lines = (late / "metrics.jsonl").read_text().splitlines()
+    (late / "metrics.jsonl").write_text("\n".join(lines[:4]) + "\n")  # stopped at step 75 of 200
+    shutil.rmtree(late / "eval")
+    (late / "eval").mkdir()
+    (late / "eval" / "step_000050.json").write_text(json.dumps({"step": 50, "blimp": _suite(np.ones(N_PAIRS))}))
+    export = root / "vanilla_s0_hf"  # what `climb_jax.export --out` writes beside the runs
+    export.mkdir()
+    (export / "config.json").write_text(json.dumps({"model_type": "roberta-prelayernorm",
+                                                    "architectures": ["RobertaPreLayerNormForMaskedLM"]}))
+
+    assert sorted(p.name for p in runs.find_workdirs([root])) == ["vanilla_s0", "vanilla_s1", "vanilla_s2"]
+    assert compare.main([str(export), f"--out={tmp_path / 'o'}"]) == 2
+    assert "Hugging Face export" in capsys.readouterr().err
+
+    groups = runs.group_runs(runs.load_run(wd) for wd in runs.find_workdirs([root]))
+    assert {k: [r.seed for r in v] for k, v in groups.items()} == {"vanilla": [0, 1], "vanilla (unfinished)": [2]}
+    out = tmp_path / "report"
+    assert compare.main([str(root), f"--out={out}", "--n_boot=100", "--n_perm=100"]) == 0
+    printed = capsys.readouterr().out
+    assert "note: `vanilla (unfinished)` has not finished training (seed 2 at step 75 of 200)" in printed
+    rows = _csv(out / "report.csv")
+    assert rows["vanilla (unfinished)"]["steps"] == "50" and float(rows["vanilla (unfinished)"]["blimp_mean"]) == 1.0
+
+    # One field written as `syntax/semantics` by one paradigm and `syntax_semantics` by another: one column,
+    # the pair-weighted accuracy of both.
+    doc = {"per_field": {"syntax/semantics": {"accuracy": 1.0, "num_pairs": 1},
+                         "syntax_semantics": {"accuracy": 0.5, "num_pairs": 3}, "syntax": {"accuracy": 0.25}}}
+    assert runs.Suite.parse(doc).per_field == {"syntax_semantics": 0.625, "syntax": 0.25}
+
+
+def test_single_evaluation_runs_skip_blimp_over_steps(tmp_path):
+    rng = np.random.default_rng(3)
+    for seed in (0, 1):
+        wd = write_run(tmp_path / "sweep", "vanilla", seed, (rng.random(N_PAIRS) < 0.6).astype(float), ppl=10,
+                       rte_correct=np.ones((1, 4)))
+        (wd / "eval" / "step_000100.json").unlink()  # only the final evaluation
+    paths = report.build_report([tmp_path / "sweep"], tmp_path / "out", n_boot=100, n_perm=100)
+    assert "blimp_over_steps" not in paths and not (tmp_path / "out" / "blimp_over_steps.png").exists()
+    assert "`blimp_over_steps.png`: not drawn: every run was evaluated at one step only" in paths["markdown"].read_text()
+    assert "learning_curves" in paths
+
+
+def test_pacing_curves_title_fits_a_single_panel(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    extents = []
+    original = Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        renderer = fig.canvas.get_renderer()
+        title = fig._suptitle.get_window_extent(renderer)
+        extents.append((title.x0, title.x1, fig.bbox.x1))
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    wd = write_run(tmp_path, "vocab_cl:pos_tags-log", 0, np.ones(N_PAIRS), ppl=10, rte_correct=np.ones((1, 4)))
+    assert plots.pacing_curves({"vocab_cl:pos_tags-log": [runs.load_run(wd)]}, tmp_path / "pacing.png")
+    ((x0, x1, width),) = extents
+    assert 0 <= x0 < x1 <= width

@@ -1,28 +1,28 @@
-"""Config files, preset words, overrides and validation errors."""
+"""Config files, the preset grammar, overrides, the list of choices, and `validate` (errors and the
+parsed objects)."""
 
-import importlib.util
+import dataclasses
 import subprocess
 import sys
 
 import pytest
 
-from climb_jax import config_lib
+from climb_jax import choices, config_lib
+from climb_jax.config_lib import PresetArg, Setting, parse_arg
 from climb_jax.errors import ConfigError
 from tests.conftest import REPO
 
 
 def load(name: str, arg: str | None = None):
-    spec = importlib.util.spec_from_file_location(f"cfg_{name}", REPO / "configs" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
+    return config_lib.load(f"configs/{name}.py", arg)
 
 
-def test_vanilla_is_the_seed_baseline():
+def test_vanilla_is_the_reference_baseline():
     c = load("vanilla")
     assert (c.model.num_layers, c.model.hidden_size, c.model.num_heads, c.model.intermediate_size) == (8, 256, 8, 2048)
     assert (c.trainer.lr, c.trainer.warmup_steps, c.trainer.total_steps, c.trainer.batch_size) == (1e-3, 100_000, 400_000, 128)
     assert c.data.seq_len == 128 and c.data.vocab_size == 8192
+    assert c.seed == 42  # the reference's
     config_lib.validate(c)
 
 
@@ -57,14 +57,16 @@ def test_arg_errors_name_the_choices(arg, message):
         (dict(trainer=dict(warmup_steps=10, total_steps=5)), "warmup_steps=10 must lie in"),
         (dict(eval=dict(method="bleu")), "eval.method='bleu' is not valid"),
         (dict(vocab_curriculum=dict(kind="token_idz")), "Did you mean 'token_ids'"),
-        (dict(trainer=dict(random_token_probability=0.6, unmask_probability=0.6)), "sum to at most 1"),
+        (dict(mlm_unit=dict(random_probability=0.6, unmask_probability=0.6)),
+         "random_probability \\+ unmask_probability must be at most 1"),
     ],
 )
 def test_validate_errors(overrides, message):
     c = load("vanilla", "smoke")
     for section, values in overrides.items():
+        node = c.objective_curriculum.units.mlm if section == "mlm_unit" else c[section]
         for k, v in values.items():
-            c[section][k] = v
+            node[k] = v
     with pytest.raises(ConfigError, match=message):
         config_lib.validate(c)
 
@@ -90,3 +92,166 @@ def test_cli_reports_config_errors_without_traceback(tmp_path):
     assert out.returncode != 0
     assert "unknown config key 'trainer.lrr'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+# -- the preset grammar ------------------------------------------------------------------------
+
+
+def test_grammar_items_in_order_with_lists():
+    parsed = parse_arg(" rte, finetune.text_fields=[premise, hypothesis],seeds3,finetune.lr=1e-4,x.y=[] ")
+    assert parsed.items == ("rte", Setting("finetune.text_fields", ("premise", "hypothesis")), "seeds3",
+                            Setting("finetune.lr", "1e-4"), Setting("x.y", ()))
+    assert parsed.words == ("rte", "seeds3") and len(parsed.settings) == 3
+    assert parse_arg(None) == parse_arg("") == parse_arg(" , ,") == PresetArg(())
+    # A value may itself contain '=' and ':' (only the first '=' splits).
+    assert parse_arg("a.b=k:1,c=d=e").items == (Setting("a.b", "k:1"), Setting("c", "d=e"))
+    for text in ("smoke,trainer.lr=3e-4", "rte,finetune.text_fields=[premise,hypothesis],seeds3", "a=[]"):
+        assert config_lib.format_arg(parse_arg(text)) == text
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("a=[x,y", r"'\[' without its '\]'"),
+    ("a=x]", r"'\]' without its '\['"),
+    ("a=[[x]]", "lists do not nest"),
+    ("a=[x]y", "the whole value in brackets"),
+    ("[x,y]", "brackets belong to a value"),
+    ("=3", "no key before '='"),
+])
+def test_grammar_errors(arg, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_arg(arg)
+
+
+def test_lists_set_tuple_and_comma_separated_string_fields():
+    c = load("finetune", "rte,finetune.text_fields=[premise,hypothesis],finetune.seeds=[3,4],seeds3")
+    assert c.finetune.text_fields == "premise,hypothesis"  # a comma-separated string field
+    assert c.finetune.seeds == (3, 4)  # settings apply after the preset words (seeds3)
+    assert load("finetune", "finetune.seeds=5").finetune.seeds == (5,)
+    assert load("finetune", "finetune.seeds=[1,2]").finetune.seeds == (1, 2)  # ints, from an empty default
+    assert load("finetune", "seeds3,finetune.seeds=[7]").finetune.seeds == (7,)  # the type of the elements
+    c = load("objective_cl", "pos_nv_mlm,objective_curriculum.units.pos_nv.tags=[NOUN,VERB,ADJ],smoke")
+    assert c.objective_curriculum.units.pos_nv.tags == "NOUN,VERB,ADJ"
+    assert config_lib.validate(c).units[1].tags == ("NOUN", "VERB", "ADJ")
+    with pytest.raises(ConfigError, match=r"'trainer.lr' takes a float, not a list \[1,2\]"):
+        load("vanilla", "trainer.lr=[1,2]")
+    with pytest.raises(ConfigError, match="'seed' takes a int, not a list"):
+        config_lib.set_path(config_lib.base_config(), "seed", ("1",))
+    c = load("vanilla", "data.cache_dir=[a,b]")  # a placeholder string field
+    assert c.data.cache_dir == "a,b"
+
+
+def test_a_list_without_brackets_is_refused_with_the_bracketed_form():
+    with pytest.raises(ConfigError) as e:
+        load("finetune", "rte,finetune.text_fields=premise,hypothesis")
+    assert "unknown preset word 'hypothesis' for configs/finetune.py" in str(e.value)
+    assert str(e.value).endswith("write the list in brackets: finetune.text_fields=[premise,hypothesis].")
+    with pytest.raises(ConfigError, match=r"tags=\[NOUN,VERB,ADJ\]\.$"):
+        load("objective_cl", "pos_nv_mlm,objective_curriculum.units.pos_nv.tags=NOUN,VERB,ADJ")
+    # No list hint for a field that cannot hold a list, nor for a near miss of a preset word.
+    for arg in ("trainer.lr=1e-3,blah", "trainer.lr=1e-3,smok", "data.corpus=x,smok"):
+        with pytest.raises(ConfigError) as e:
+            load("vanilla", arg)
+        assert "brackets" not in str(e.value)
+
+
+def test_load_and_labels():
+    a = config_lib.load("configs/data_cl.py:ngram,log,smoke")
+    b = config_lib.load("configs/data_cl.py", "ngram,log,smoke")
+    assert a.to_dict() == b.to_dict() == config_lib.load_module("configs/data_cl.py").get_config("ngram,log,smoke").to_dict()
+    with pytest.raises(ConfigError, match="give the preset words once"):
+        config_lib.load("configs/data_cl.py:ngram", "log")
+    with pytest.raises(ConfigError, match=r"'configs/vanila.py' does not exist. Did you mean 'configs/vanilla.py'\?"):
+        config_lib.load("configs/vanila.py")
+    assert config_lib.default_label("configs/vocab_cl.py:pos_tags,log,smoke") == "vocab_cl:pos_tags-log"
+    assert config_lib.default_label("configs/finetune.py:rte,finetune.text_fields=[a,b],seeds3") == "finetune:rte-seeds3"
+    assert config_lib.default_label("/x/configs/vanilla.py") == "vanilla"
+    assert [p.name for p in config_lib.config_files()] == sorted(p.name for p in (REPO / "configs").glob("*.py"))
+
+
+# -- the list of choices -----------------------------------------------------------------------
+
+
+def test_choices_import_no_jax():
+    code = "import sys, climb_jax.choices; print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'numpy', 'flax', 'ml_collections')))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+def test_every_choice_field_exists_and_defaults_to_a_valid_choice():
+    c = config_lib.base_config()
+    for key, valid in choices.FIELD_CHOICES.items():
+        node = c
+        for part in key.split("."):
+            node = node[part]
+        assert node in valid, key
+        assert len(set(valid)) == len(valid), key
+    assert config_lib.MODEL_SIZES is choices.MODEL_SIZES
+    for size, shape in choices.MODEL_SIZES.items():
+        assert load("vanilla", size).model.to_dict() | shape == load("vanilla", size).model.to_dict()
+
+
+# -- validate -> Parsed ------------------------------------------------------------------------
+
+
+def test_validate_returns_the_parsed_objects():
+    from climb_jax.curriculum import objectives
+    from climb_jax.curriculum.pacing import PacingParams
+    from climb_jax.models.roberta import RobertaConfig
+
+    c = load("vocab_cl", "pos_tags,log,smoke")
+    parsed = config_lib.validate(c)
+    assert parsed.vocab_pacing == PacingParams("log", 0.0625, 0.875, 0.1, 1.0)
+    assert parsed.data_pacing is None  # no data curriculum
+    assert parsed.model == RobertaConfig.from_config(c.model, c.data.vocab_size)
+    assert parsed.units == objectives.validate_units(c.objective_curriculum.units)
+    assert parsed.total_steps == 300
+    c = load("data_cl", "self_perplexity,root")
+    parsed = config_lib.validate(c)
+    assert parsed.vocab_pacing is None and parsed.data_pacing.name == "root"
+    assert [u.name for u in config_lib.validate(load("objective_cl", "pos_nv_mlm")).units] == ["mlm", "pos_nv"]
+
+
+def test_run_setup_consumes_parsed():
+    from climb_jax.train.setup import RunSetup
+
+    c = load("vocab_cl", "token_ids,log,smoke")
+    parsed = config_lib.validate(c)
+    setup = RunSetup.from_config(c, vocab_size=500, parsed=parsed)
+    assert setup.model == dataclasses.replace(parsed.model, vocab_size=500)
+    assert setup.units is parsed.units
+
+
+# -- scale against the embedded sample and the host ----------------------------------------------
+
+
+def test_paper_size_on_the_embedded_sample_is_refused():
+    c = load("data_cl")
+    config_lib.validate(c)  # a valid config ...
+    with pytest.raises(ConfigError) as e:  # ... that cannot be run on the sample
+        config_lib.validate(c, for_run=True)
+    message = str(e.value)
+    assert "data.corpus=embedded" in message and "--config.data.corpus=" in message
+    assert "--config=configs/data_cl.py:smoke" in message and "\n" not in message
+    rows = config_lib.embedded_rows(c.data)
+    assert 3_600 <= rows < 6_000  # the sample gave 3604 rows of 128 tokens at vocab_size 8192
+    # The rule: more than EMBEDDED_MAX_PASSES passes over the sample.
+    limit = config_lib.EMBEDDED_MAX_PASSES * rows // c.trainer.batch_size
+    c.trainer.update(total_steps=limit, warmup_steps=0)
+    config_lib.validate(c, for_run=True)
+    c.trainer.total_steps = limit + 1
+    with pytest.raises(ConfigError, match="pass over it"):
+        config_lib.validate(c, for_run=True)
+    c.data.corpus = "/some/babylm/folder"  # the same run on a real corpus is fine
+    config_lib.validate(c, for_run=True)
+    for name in ("vanilla", "vocab_cl", "data_cl", "objective_cl"):
+        config_lib.validate(load(name, "smoke"), for_run=True)
+
+
+def test_projected_cpu_time():
+    c = load("vanilla")
+    # The benchmarks' model FLOPs per token of `small` (benchmarks/README.md, train step).
+    assert config_lib.flops_per_token(c) == 79_036_416
+    tokens = 400_000 * 128 * 128
+    assert config_lib.projected_cpu_seconds(c, 2) == pytest.approx(
+        tokens * 79_036_416 / (2 * config_lib.CPU_MODEL_FLOPS_PER_CORE))
+    assert config_lib.projected_cpu_seconds(load("vanilla", "smoke"), 2) < 600

@@ -1,7 +1,6 @@
-"""configs/vocab_cl.py and configs/data_cl.py: every preset word combination, the seed's ten data configs,
-and the curriculum plot."""
+"""configs/vocab_cl.py and configs/data_cl.py: every preset word combination, the reference's ten data
+configs, every preset of every config file, and the curriculum plot."""
 
-import importlib.util
 import itertools
 
 import numpy as np
@@ -11,25 +10,18 @@ from climb_jax import config_lib
 from climb_jax.curriculum.pacing import PacingParams, pace
 from climb_jax.curriculum.plot import curriculum_curves, plot_curricula
 from climb_jax.errors import ConfigError
-from tests.conftest import REPO
 
-SEED_PACING = dict(start_percent=0.0625, end_percent=0.875, starting_difficulty=0.1, max_difficulty=1.0)
+# The reference's pacing parameters, written out here (not read from climb_jax.choices) so that a
+# change to the defaults fails this test.
+REFERENCE_PACING = dict(start_percent=0.0625, end_percent=0.875, starting_difficulty=0.1, max_difficulty=1.0)
 
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(f"configs_{name}", REPO / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-VOCAB = load("vocab_cl")
-DATA = load("data_cl")
+VOCAB = config_lib.load_module("configs/vocab_cl.py")
+DATA = config_lib.load_module("configs/data_cl.py")
 
 
 def check_pacing(section, name):
     assert section.pacing.name == name
-    for key, value in SEED_PACING.items():
+    for key, value in REFERENCE_PACING.items():
         assert section.pacing[key] == value
 
 
@@ -60,8 +52,8 @@ def test_data_default_is_the_papers_ngram_curriculum():
     config_lib.validate(c)
 
 
-# The seed's ten data configs: (words, scorer, n_gram, source_order).
-SEED_DATA = {
+# The reference's ten data configs: (words, scorer, n_gram, source_order).
+REFERENCE_DATA = {
     "source_order,spoken_first": ("source_order", 1, "spoken_first"),
     "source_order,grammatical_first": ("source_order", 1, "grammatical_first"),
     "ngram": ("ngram_perplexity", 1, "spoken_first"),
@@ -70,9 +62,9 @@ SEED_DATA = {
 }
 
 
-@pytest.mark.parametrize("words, pacing", list(itertools.product(SEED_DATA, ["linear", "log"])))
-def test_the_seeds_ten_data_configs(words, pacing):
-    scorer, n_gram, order = SEED_DATA[words]
+@pytest.mark.parametrize("words, pacing", list(itertools.product(REFERENCE_DATA, ["linear", "log"])))
+def test_the_references_ten_data_configs(words, pacing):
+    scorer, n_gram, order = REFERENCE_DATA[words]
     c = DATA.get_config(f"{words},{pacing}")
     dc = c.data_curriculum
     assert (dc.scorer, dc.n_gram, dc.source_order, dc.uniform_sampling) == (scorer, n_gram, order, True)
@@ -114,6 +106,30 @@ def test_bad_words_and_impossible_pacing():
     c = DATA.get_config("ngram,data_curriculum.pacing.start_percent=0.9")
     with pytest.raises(ConfigError, match="data_curriculum.pacing: .*smaller than end_percent"):
         config_lib.validate(c)
+
+
+PRETRAINING_FILES = ("vanilla", "vocab_cl", "data_cl", "objective_cl")
+
+
+@pytest.mark.parametrize("name", PRETRAINING_FILES)
+def test_every_preset_word_of_every_config_file_resolves(name):
+    module = config_lib.load_module(f"configs/{name}.py")
+    words = sorted(set(getattr(module, "PRESETS", {})) | set(config_lib.COMMON_PRESETS))
+    for word in words:
+        c = config_lib.load(f"configs/{name}.py:{word},smoke")
+        assert c.name == name
+        config_lib.validate(c)
+    # The comparison grid the sweep reads from each file: 1 + 6 + 10 + 8 configurations.
+    assert len(module.PAPER_GRID) == {"vanilla": 1, "vocab_cl": 6, "data_cl": 10, "objective_cl": 8}[name]
+    for grid_words in module.PAPER_GRID:
+        config_lib.validate(config_lib.load(f"configs/{name}.py", ",".join(grid_words)))
+
+
+def test_objective_default_is_pos_nv_mlm_and_a_word_replaces_it():
+    OBJ = config_lib.load_module("configs/objective_cl.py")
+    assert set(OBJ.get_config().objective_curriculum.units) == {"pos_nv", "mlm"}
+    assert set(OBJ.get_config("pos_all_mlm,smoke").objective_curriculum.units) == {"pos_all", "mlm"}
+    assert set(OBJ.get_config("smoke").objective_curriculum.units) == {"pos_nv", "mlm"}
 
 
 # -- the plot ----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 
 from climb_jax import config_lib
 from climb_jax.constants import BOS_ID, EOS_ID, NUM_POS, NUM_SPECIAL, POS_X
-from climb_jax.data import cache, dataset
+from climb_jax.data import build as build_lib, cache, corpus as corpus_lib, encoding, remote
 from climb_jax.data.dataset import prepare_data
 from climb_jax.errors import DataError
 
@@ -27,10 +27,10 @@ def copy_head(src: Path, dst: Path, n: int) -> None:
 
 
 @pytest.fixture
-def corpus(tmp_path, shared_data) -> Path:
+def corpus(tmp_path, babylm_mini) -> Path:
     """A few hundred lines of three babylm_mini sources, in the BabyLM 2023 layout."""
     root = tmp_path / "corpus"
-    mini = shared_data / "babylm_mini"
+    mini = babylm_mini
     for split, folder, scale in (("train", "babylm_10M", 1), ("dev", "babylm_dev", 4), ("test", "babylm_test", 4)):
         for source, n in SOURCES.items():
             copy_head(mini / split / f"{source}.{split}", root / folder / f"{source}.{split}", n // scale)
@@ -48,25 +48,31 @@ def cfg(corpus, nltk_data):
     return c
 
 
-def check_split(split, seq_len, n_sources):
+def check_split(split, seq_len, n_sources, layout="reference"):
     assert isinstance(split.input_ids, np.memmap) and not split.input_ids.flags.writeable
     n = len(split)
     assert split.input_ids.shape == (n, seq_len) and split.input_ids.dtype == np.int32
     assert split.pos_ids.shape == (n, seq_len) and split.pos_ids.dtype == np.int8
     assert split.source_ids.shape == (n,) and split.source_ids.dtype == np.int16
     assert split.positions.shape == (n,) and split.positions.dtype == np.float32
-    assert np.all(split.input_ids[:, 0] == BOS_ID) and np.all(split.input_ids[:, -1] == EOS_ID)
-    assert np.all(split.input_ids[:, 1:-1] >= NUM_SPECIAL)  # no specials, no padding inside rows
-    assert np.all(split.pos_ids[:, [0, -1]] == POS_X) and split.pos_ids.max() < NUM_POS
+    ids = np.asarray(split.input_ids)
+    if layout == "concatenated":
+        assert np.all(ids[:, 0] == BOS_ID) and np.all(ids[:, -1] == EOS_ID)
+        assert np.all(ids[:, 1:-1] >= NUM_SPECIAL)  # no specials, no padding inside rows
+    else:  # line boundaries inside rows, never padding or another special
+        special = ids < NUM_SPECIAL
+        assert np.all((ids[special] == BOS_ID) | (ids[special] == EOS_ID)) and special.any()
+    assert np.all(split.pos_ids[ids < NUM_SPECIAL] == POS_X) and split.pos_ids.max() < NUM_POS
     assert split.source_ids.min() >= 0 and split.source_ids.max() < n_sources
     assert np.all((split.positions >= 0) & (split.positions < 1))
 
 
 def test_prepare_builds_then_reuses(cfg, tmp_path, monkeypatch):
+    cfg.packing = "concatenated"
     data = prepare_data(cfg, tmp_path / "cache", progress=False)
     assert data.sources == ("aochildes", "brown_fiction", "switchboard")
     for split in (data.train, data.dev, data.test):
-        check_split(split, 32, 3)
+        check_split(split, 32, 3, "concatenated")
     assert len(data.train) > 100 and len(data.dev) > 10 and len(data.test) > 10
     assert set(np.unique(data.train.source_ids)) == {0, 1, 2}
     # Rows are in source order and, within a source, in text order.
@@ -103,7 +109,7 @@ def test_prepare_builds_then_reuses(cfg, tmp_path, monkeypatch):
     def no_build(*a, **k):
         raise AssertionError("rebuilt a valid cache entry")
 
-    monkeypatch.setattr(dataset, "_build", no_build)
+    monkeypatch.setattr(build_lib, "build", no_build)
     again = prepare_data(cfg, tmp_path / "cache", progress=False)
     assert again.directory == data.directory and again.manifest == data.manifest
     np.testing.assert_array_equal(again.train.input_ids, data.train.input_ids)
@@ -120,6 +126,10 @@ def test_changed_corpus_or_setting_gets_a_new_entry(cfg, tmp_path):
     cfg.seq_len = 24
     shorter = prepare_data(cfg, tmp_path / "cache", progress=False)
     assert shorter.fingerprint != changed.fingerprint and shorter.train.input_ids.shape[1] == 24
+    cfg.packing = "concatenated"
+    packed = prepare_data(cfg, tmp_path / "cache", progress=False)
+    assert packed.fingerprint != shorter.fingerprint and packed.manifest["settings"]["packing"] == "concatenated"
+    cfg.packing = "reference"
     cfg.num_workers = 3  # does not change the result: same entry
     cfg.prefetch = 7
     assert prepare_data(cfg, tmp_path / "cache", progress=False).fingerprint == shorter.fingerprint
@@ -154,20 +164,20 @@ def test_damaged_entry_is_reported_and_rebuilt(cfg, tmp_path, caplog, damage):
 def test_killed_preparation_leaves_no_complete_looking_entry(cfg, tmp_path, monkeypatch):
     calls = []
 
-    def killed(data_cfg, corpus, files, key, tmp, progress):
+    def killed(data_cfg, corpus, files, key, settings, tmp, progress):
         (tmp / "train").mkdir()
         np.save(tmp / "train" / "input_ids.npy", np.zeros((3, 32), np.int32))
         calls.append(tmp)
         raise KeyboardInterrupt  # stopped half-way
 
-    real_build = dataset._build
-    monkeypatch.setattr(dataset, "_build", killed)
+    real_build = build_lib.build
+    monkeypatch.setattr(build_lib, "build", killed)
     with pytest.raises(KeyboardInterrupt):
         prepare_data(cfg, tmp_path / "cache", progress=False)
     entries = [p for p in (tmp_path / "cache").iterdir() if p.name.startswith("data-") and p.is_dir()]
     assert entries == [] and not calls[0].exists()
     # A temporary folder left by a process that was killed outright is cleared on the next build.
-    monkeypatch.setattr(dataset, "_build", real_build)
+    monkeypatch.setattr(build_lib, "build", real_build)
     data = prepare_data(cfg, tmp_path / "cache", progress=False)
     leftover = tmp_path / "cache" / f".tmp-data-{data.fingerprint[:16]}-999-deadbeef"
     leftover.mkdir()
@@ -193,13 +203,13 @@ def test_lock_serialises_preparations(tmp_path):
 
 def test_concurrent_preparations_build_once(cfg, tmp_path, monkeypatch):
     builds = []
-    real_build = dataset._build
+    real_build = build_lib.build
 
     def counting(*a, **k):
         builds.append(1)
         return real_build(*a, **k)
 
-    monkeypatch.setattr(dataset, "_build", counting)
+    monkeypatch.setattr(build_lib, "build", counting)
     results = [None, None]
 
     def run(i):
@@ -280,7 +290,7 @@ def test_unwritable_cache_dir(cfg, tmp_path):
 
 
 def test_worker_processes_give_identical_arrays(cfg, tmp_path, monkeypatch):
-    monkeypatch.setattr(dataset, "_CHUNK_LINES", 64)  # several work items per source
+    monkeypatch.setattr(encoding, "CHUNK_LINES", 64)  # several work items per source
     one = prepare_data(cfg, tmp_path / "one", progress=False)
     cfg.num_workers = 2
     two = prepare_data(cfg, tmp_path / "two", progress=False)
@@ -316,7 +326,46 @@ def test_worker_start_failure_is_a_data_error():
         def to_str(self):
             return "{not a tokenizer"
 
-    encoder = dataset.Encoder(Broken(), None, workers=2)
+    encoder = encoding.Encoder(Broken(), None, workers=2)
     with pytest.raises(DataError, match="worker process failed to start.*data.num_workers=1"):
         list(encoder.run([(0, ["some text"])]))
     assert encoder._pool is None
+
+
+def test_reference_packing_rows_hold_the_line_boundaries(cfg, tmp_path):
+    """The default layout: each line `<s> line </s>`, a source's lines one stream cut into rows."""
+    data = prepare_data(cfg, tmp_path / "cache", progress=False)
+    assert data.manifest["packing"] == "reference"
+    for split in (data.train, data.dev, data.test):
+        check_split(split, 32, 3)
+    tok = data.tokenizer
+    lines = (Path(cfg.corpus) / "babylm_10M" / "aochildes.train").read_text().splitlines()
+    stream = [i for line in lines if line.strip() for i in tok(line.strip())["input_ids"]]  # adds <s> ... </s>
+    rows = np.asarray(data.train.input_ids)[np.asarray(data.train.source_ids) == 0]
+    assert len(rows) == len(stream) // 32  # 400 lines: one packing group, its partial row dropped
+    np.testing.assert_array_equal(rows.ravel(), stream[: len(rows) * 32])
+    assert (rows == BOS_ID).sum() >= len(lines) - 32  # every line kept has its boundary tokens
+
+
+def test_corpus_at_a_uri_is_copied_once_through_epath(cfg, tmp_path, monkeypatch):
+    """A `gs://` corpus goes through `etils.epath` into the local cache; here a local folder takes the
+    same path (the URI test is the only thing patched)."""
+    local = Path(cfg.corpus)
+    monkeypatch.setattr(corpus_lib, "remote_uri", lambda spec: spec == str(local))
+    copies = []
+    real_copy = remote.local_copy
+    monkeypatch.setattr(remote, "local_copy", lambda *a, **k: copies.append(1) or real_copy(*a, **k))
+    data = prepare_data(cfg, tmp_path / "cache", progress=False)
+    copy_dir = Path(data.manifest["corpus"]["root"])
+    assert copy_dir.parent == tmp_path / "cache" and copy_dir.name.startswith("corpus-")
+    assert (copy_dir / "babylm_10M" / "aochildes.train").read_bytes() == \
+        (local / "babylm_10M" / "aochildes.train").read_bytes()
+    assert data.sources == ("aochildes", "brown_fiction", "switchboard")
+    mtime = (copy_dir / remote.MARKER).stat().st_mtime_ns
+    again = prepare_data(cfg, tmp_path / "cache", progress=False)  # the copy and the entry are re-used
+    assert again.fingerprint == data.fingerprint and (copy_dir / remote.MARKER).stat().st_mtime_ns == mtime
+    with open(local / "babylm_10M" / "switchboard.train", "a", encoding="utf-8") as f:
+        f.write("A: a line added at the source.\n")
+    changed = prepare_data(cfg, tmp_path / "cache", progress=False)  # a changed listing: copied again
+    assert changed.fingerprint != data.fingerprint
+    assert (copy_dir / "babylm_10M" / "switchboard.train").read_text().endswith("added at the source.\n")

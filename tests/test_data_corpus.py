@@ -210,3 +210,12 @@ def test_line_of_exactly_max_chars_is_not_split(tmp_path):
     line = "ab " * 6 + "abcd"  # 22 characters
     path = write(tmp_path / "x.train", (line + "\r\n" + line + "\n").encode())
     assert list(read_file_lines(path, ReadOptions(max_line_chars=22))) == [line, line]
+
+
+def test_a_corpus_uri_that_cannot_be_opened_is_one_clear_error(tmp_path):
+    from climb_jax import config_lib
+
+    c = config_lib.base_config().data
+    c.corpus = "nosuchscheme://bucket/babylm"
+    with pytest.raises(DataError, match=r"cannot open data.corpus='nosuchscheme://bucket/babylm'.*gcsfs"):
+        corpus_lib.find_corpus(c)

@@ -21,9 +21,9 @@ def tagger(nltk_data):
 
 
 @pytest.fixture(scope="module")
-def mini_lines(shared_data):
+def mini_lines(babylm_mini):
     out = []
-    for path in sorted((shared_data / "babylm_mini" / "train").glob("*.train")):
+    for path in sorted((babylm_mini / "train").glob("*.train")):
         with open(path, encoding="utf-8") as f:
             out += [next(f).strip() for _ in range(150)]
     return out

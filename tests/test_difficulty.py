@@ -97,9 +97,9 @@ def test_source_ids_out_of_range():
 # -- n-gram perplexity -------------------------------------------------------------------------
 
 
-def ngram_reference(rows, n, k, vocab_size):
-    """Direct computation with dictionaries: strip specials, pad histories with <s> (id 0)."""
-    seqs = [[t for t in r if t >= NUM_SPECIAL] for r in rows]
+def ngram_reference(rows, n, k, vocab_size, include_specials=False):
+    """Direct computation with dictionaries: strip specials (or only <pad>), pad histories with <s> (id 0)."""
+    seqs = [[t for t in r if (t != 1 if include_specials else t >= NUM_SPECIAL)] for r in rows]
     grams, hists = Counter(), Counter()
     for seq in seqs:
         padded = [0] * (n - 1) + seq
@@ -108,7 +108,7 @@ def ngram_reference(rows, n, k, vocab_size):
             grams[h + (w,)] += 1
             hists[h] += 1
     out = []
-    outcomes = vocab_size - NUM_SPECIAL
+    outcomes = vocab_size - 1 if include_specials else vocab_size - NUM_SPECIAL
     for seq in seqs:
         if not seq:
             out.append(1.0)
@@ -122,9 +122,10 @@ def ngram_reference(rows, n, k, vocab_size):
     return np.array(out)
 
 
+@pytest.mark.parametrize("specials", [False, True])
 @pytest.mark.parametrize("n", [1, 2, 3])
 @pytest.mark.parametrize("k", [1.0, 0.1, 0.0])
-def test_ngram_matches_direct_computation(n, k):
+def test_ngram_matches_direct_computation(n, k, specials):
     rng = np.random.default_rng(n)
     V = 12
     rows = rng.integers(NUM_SPECIAL, V, (7, 9))
@@ -133,9 +134,25 @@ def test_ngram_matches_direct_computation(n, k):
     rows[3, 5:] = 1  # padding
     rows[4, 1:-1] = rows[5, 1:-1]  # a repeated row
     rows[6, 1:-1] = 1  # a row with no real token
-    got = D.ngram_scores(rows.astype(np.int32), n, k, V)
+    got = D.ngram_scores(rows.astype(np.int32), n, k, V, include_specials=specials)
     assert got.dtype == np.float32 and got.shape == (7,)
-    np.testing.assert_allclose(got, ngram_reference(rows.tolist(), n, k, V), rtol=2e-6)
+    np.testing.assert_allclose(got, ngram_reference(rows.tolist(), n, k, V, specials), rtol=2e-6)
+
+
+def test_default_ngram_is_the_reference_unsmoothed_unigram_by_hand():
+    """The reference: MLE unigram counts over every non-pad token of the training rows (specials
+    included), a row's score 2 ** mean(-log2 p) over its non-pad tokens."""
+    rows = np.array([[0, 5, 6, 2],
+                     [0, 5, 5, 2],
+                     [0, 7, 2, 1]], np.int32)  # 1 = <pad>: neither counted nor scored
+    # counts: <s> 3, 5: 3, 6: 1, </s> 3, 7: 1 -> 11 tokens
+    p = {0: 3 / 11, 5: 3 / 11, 6: 1 / 11, 2: 3 / 11, 7: 1 / 11}
+    by_hand = [2 ** (-(math.log2(p[0]) + math.log2(p[5]) + math.log2(p[6]) + math.log2(p[2])) / 4),
+               2 ** (-(math.log2(p[0]) + 2 * math.log2(p[5]) + math.log2(p[2])) / 4),
+               2 ** (-(math.log2(p[0]) + math.log2(p[7]) + math.log2(p[2])) / 3)]
+    got = D.ngram_scores(rows, 1, vocab_size=8)
+    np.testing.assert_allclose(got, by_hand, rtol=1e-6)
+    np.testing.assert_allclose(by_hand, [11 / 27 ** 0.25, 11 / 3, 11 / 9 ** (1 / 3)], rtol=1e-12)
 
 
 def test_ngram_ranks_repetitive_text_easier():
@@ -157,6 +174,49 @@ def test_ngram_errors():
         D.ngram_scores(ids, 1, 1.0, vocab_size=7)
     with pytest.raises(DataError, match="rows, length"):
         D.ngram_scores(ids[0], 1)
+
+
+# -- pseudo-perplexity (the reference's self-perplexity) ------------------------------------------
+
+
+def fake_nll(calls):
+    """A stand-in for the masked model: the NLL of copy c depends on its row and its masked position."""
+    def nll(ids, positions):
+        calls.append((ids.shape, positions.shape))
+        rows = np.arange(len(ids))
+        return (ids[rows, positions] % 7) * 0.1 + positions * 0.01 + ids.sum(1) * 1e-4
+
+    return nll
+
+
+def test_pseudo_perplexity_averages_over_every_non_special_position():
+    rng = np.random.default_rng(1)
+    L = 9
+    ids = rng.integers(NUM_SPECIAL, 40, (11, L)).astype(np.int32)
+    ids[:, 0], ids[:, -1] = 0, 2
+    ids[3, 4:6] = [2, 0]  # a line boundary inside a row: two more special positions
+    calls = []
+    indices = np.array([10, 3, 0, 3, 7])  # unsorted, with a repeat
+    got = D.pseudo_perplexity_scores(fake_nll(calls), ids, indices=indices, copies=6)
+    direct = []
+    for i in indices:
+        nll = [fake_nll([])(ids[i][None], np.array([p]))[0] for p in range(L) if ids[i, p] >= NUM_SPECIAL]
+        direct.append(math.exp(np.mean(nll)))
+    np.testing.assert_allclose(got, direct, rtol=1e-6)
+    assert {c for c in calls} == {((6, L), (6,))}  # fixed shapes: the last call padded
+    assert len(calls) == math.ceil((5 * (L - 2) - 2) / 6)  # exactly the non-special positions, in calls of 6
+
+
+def test_pseudo_perplexity_errors():
+    ids = np.full((4, 3), 9, np.int32)
+    with pytest.raises(DataError, match="not finite"):
+        D.pseudo_perplexity_scores(lambda i, p: np.full(len(i), np.inf), ids, copies=2)
+    with pytest.raises(DataError, match="indices must lie"):
+        D.pseudo_perplexity_scores(lambda i, p: np.zeros(len(i)), ids, indices=[4], copies=2)
+    with pytest.raises(ConfigError, match="rescore_batch_size"):
+        D.pseudo_perplexity_scores(lambda i, p: np.zeros(len(i)), ids, copies=0)
+    specials_only = np.zeros((2, 3), np.int32)  # nothing to mask: perplexity 1, no call
+    np.testing.assert_array_equal(D.pseudo_perplexity_scores(None, specials_only, copies=2), [1.0, 1.0])
 
 
 def test_uniform_and_child_age():

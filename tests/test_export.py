@@ -12,6 +12,7 @@ import pytest
 
 from climb_jax import export
 from climb_jax.constants import SPECIAL_TOKENS
+from climb_jax.data.corpus import EMBEDDED_DIR
 from climb_jax.errors import ClimbError
 from climb_jax.models.roberta import RobertaConfig, init_params
 
@@ -21,14 +22,14 @@ SENTENCES = ["Do you want to look at the book?", "The dog ran.", "Where is it?"]
 
 
 @pytest.fixture(scope="module")
-def tokenizer(shared_data):
-    """A small byte-level BPE trained on a slice of babylm_mini, with RoBERTa's specials as ids 0-4."""
+def tokenizer():
+    """A small byte-level BPE trained on a slice of the corpus sample, with RoBERTa's specials as ids 0-4."""
     from tokenizers import ByteLevelBPETokenizer
     from tokenizers.processors import RobertaProcessing
 
     lines = []
     for name in ("aochildes", "brown_fiction"):
-        with open(shared_data / "babylm_mini" / "train" / f"{name}.train", encoding="utf-8") as f:
+        with open(EMBEDDED_DIR / "train" / f"{name}.train", encoding="utf-8") as f:
             lines += [next(f) for _ in range(200)]
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(lines, vocab_size=400, min_frequency=2, special_tokens=list(SPECIAL_TOKENS),
@@ -54,7 +55,8 @@ def model(tokenizer):
 
 
 def test_export_reloads_in_transformers_with_equal_logits(tmp_path, tokenizer, model):
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason="needs the PyTorch reference: pip install -r requirements-reference.txt "
+                                        "(see the README)")
     cfg, params = model
     out = export.export_model(params, cfg, tokenizer, tmp_path / "hf")
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()

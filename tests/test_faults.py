@@ -31,10 +31,10 @@ import numpy as np
 import pytest
 
 from climb_jax.errors import CheckpointError
+from climb_jax.eval.suites import EMBEDDED_DIR as EMBEDDED_BLIMP
 from climb_jax.train.checkpoint import load_run
-from climb_jax.train.loop import Trainer
 from tests.conftest import REPO
-from tests.helpers import load_config, params_equal, tiny_config
+from tests.helpers import load_config, params_equal, tiny_config, train
 
 SEED = 20261129
 _rng = np.random.default_rng(SEED)
@@ -208,10 +208,11 @@ def cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def suite(shared_data, tmp_path_factory) -> Path:
-    """Three BLiMP paradigms: an evaluation that exercises the whole path and costs a second."""
+def suite(tmp_path_factory) -> Path:
+    """Three BLiMP paradigms of the sample shipped in the package: an evaluation that exercises the whole
+    path and costs a second."""
     d = tmp_path_factory.mktemp("suite")
-    for p in sorted((shared_data / "blimp_filtered").glob("*.jsonl"))[:3]:
+    for p in sorted(EMBEDDED_BLIMP.glob("*.jsonl"))[:3]:
         shutil.copy(p, d / p.name)
     return d
 
@@ -232,14 +233,14 @@ class Kind:
 
 def _reference(tmp_path_factory, config, name, arg, label) -> Kind:
     workdir = tmp_path_factory.mktemp(f"reference_{label}") / "run"
-    Trainer(config, str(workdir), progress=False).run()
+    train(config, workdir)
     return Kind(config, name, arg, workdir)
 
 
 @pytest.fixture(scope="module")
-def vanilla(shared_data, nltk_data, cache, suite, tmp_path_factory) -> Kind:
+def vanilla(cache, suite, tmp_path_factory) -> Kind:
     """Vanilla, asynchronous checkpoints (the default of real runs) and an evaluation at the end."""
-    c = tiny_config(shared_data, cache, trainer=dict(async_checkpoints=True),
+    c = tiny_config(cache, trainer=dict(async_checkpoints=True),
                     eval=dict(at_end=True, blimp_dir=str(suite), perplexity_sequences=8))
     return _reference(tmp_path_factory, c, "vanilla", "smoke", "vanilla")
 
@@ -278,6 +279,7 @@ def chain(vanilla, tmp_path_factory):
     return _chain
 
 
+@pytest.mark.slow
 @link
 def test_sigkill_during_data_preparation_leaves_nothing_that_looks_complete(chain):
     stage = KILL["prep_stage"]
@@ -289,6 +291,7 @@ def test_sigkill_during_data_preparation_leaves_nothing_that_looks_complete(chai
     assert not (chain["workdir"] / "checkpoints").exists()
 
 
+@pytest.mark.slow
 @link
 def test_sigkill_during_training_before_the_first_checkpoint(chain, vanilla):
     n = KILL["before_first_checkpoint"]
@@ -305,6 +308,7 @@ def test_sigkill_during_training_before_the_first_checkpoint(chain, vanilla):
     assert [r["step"] for r in metrics(chain["workdir"])] == [10]
 
 
+@pytest.mark.slow
 @link
 def test_sigkill_inside_a_checkpoint_save_keeps_the_previous_checkpoint(chain):
     proc = run_cli(chain["args"], "kill_in_save:40")
@@ -319,6 +323,7 @@ def test_sigkill_inside_a_checkpoint_save_keeps_the_previous_checkpoint(chain):
     assert list((chain["workdir"] / "checkpoints").glob("40.orbax-checkpoint-tmp*"))
 
 
+@pytest.mark.slow
 @link
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(chain):
     n = KILL["sigterm"]
@@ -335,6 +340,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(chain):
     assert [r["step"] for r in metrics(chain["workdir"])] == [10, 20, 30][: (n + 1) // 10]
 
 
+@pytest.mark.slow
 @link
 def test_sigkill_during_the_final_evaluation(chain):
     # A half-written cache entry as well: the run must notice the truncated array and rebuild it.
@@ -348,6 +354,7 @@ def test_sigkill_during_the_final_evaluation(chain):
     assert not (chain["workdir"] / "eval" / "step_000040.json").exists()
 
 
+@pytest.mark.slow
 @link
 def test_rerun_after_every_fault_equals_the_uninterrupted_run(chain, vanilla):
     # And deleted tokenizer files: the cache entry's (detected by its checksum, rebuilt) and the run's copy.
@@ -370,10 +377,11 @@ def test_rerun_after_every_fault_equals_the_uninterrupted_run(chain, vanilla):
 
 
 @pytest.fixture(scope="module")
-def vocab(shared_data, nltk_data, cache, tmp_path_factory) -> Kind:
-    return _reference(tmp_path_factory, tiny_config(shared_data, cache, **VOCAB), "vanilla", "smoke", "vocab")
+def vocab(cache, tmp_path_factory) -> Kind:
+    return _reference(tmp_path_factory, tiny_config(cache, **VOCAB), "vanilla", "smoke", "vocab")
 
 
+@pytest.mark.slow
 def test_second_run_in_a_workdir_is_refused_and_a_killed_run_releases_the_lock(vocab, tmp_path):
     workdir = tmp_path / "run"
     args = vocab.args(workdir)
@@ -395,10 +403,11 @@ def test_second_run_in_a_workdir_is_refused_and_a_killed_run_releases_the_lock(v
 
 
 @pytest.fixture(scope="module")
-def data(shared_data, nltk_data, cache, tmp_path_factory) -> Kind:
-    return _reference(tmp_path_factory, tiny_config(shared_data, cache, **DATA), "vanilla", "smoke", "data")
+def data(cache, tmp_path_factory) -> Kind:
+    return _reference(tmp_path_factory, tiny_config(cache, **DATA), "vanilla", "smoke", "data")
 
 
+@pytest.mark.slow
 def test_data_curriculum_sigkill_with_a_rescoring_in_between(data, tmp_path):
     workdir = tmp_path / "run"
     n = KILL["data"]
@@ -411,11 +420,12 @@ def test_data_curriculum_sigkill_with_a_rescoring_in_between(data, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def objective(shared_data, nltk_data, cache, tmp_path_factory) -> Kind:
-    c = tiny_config(shared_data, cache, name="objective_cl", arg="pos_nv_mlm,smoke", **OBJECTIVE)
+def objective(cache, tmp_path_factory) -> Kind:
+    c = tiny_config(cache, name="objective_cl", arg="pos_nv_mlm,smoke", **OBJECTIVE)
     return _reference(tmp_path_factory, c, "objective_cl", "pos_nv_mlm,smoke", "objective")
 
 
+@pytest.mark.slow
 def test_objective_curriculum_sigkill_with_a_switch_in_between(objective, tmp_path):
     workdir = tmp_path / "run"
     n = KILL["objective"]
@@ -440,6 +450,7 @@ def _copy_run(reference: Path, dest: Path, steps: tuple[int, ...]) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_corrupted_latest_checkpoint_is_skipped_kept_and_retrained(vanilla, tmp_path):
     workdir = _copy_run(vanilla.reference, tmp_path / "run", (20, 40))
     files = sorted((p for p in (workdir / "checkpoints" / "40" / "state").rglob("*") if p.is_file()),
@@ -469,6 +480,7 @@ def _can_mount_tmpfs(path: Path) -> bool:
                           capture_output=True).returncode == 0
 
 
+@pytest.mark.slow
 def test_full_disk_while_saving_keeps_the_previous_checkpoint(vanilla, tmp_path):
     """A real full disk: the workdir on a small tmpfs that holds one checkpoint but not two."""
     mnt = tmp_path / "small_disk"
@@ -479,7 +491,8 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(vanilla, tmp_path)
         size_kb = int(one * 1.6) // 1024 + 128
         subprocess.run(["mount", "-o", f"remount,size={size_kb}k", str(mnt)], check=True)
         workdir = mnt / "run"
-        proc = run_cli(vanilla.args(workdir))
+        # eval.select=last: no best-checkpoint copy beside the regular ones, so the disk's size is in checkpoints.
+        proc = run_cli(vanilla.args(workdir) + ["--config.eval.select=last"])
         assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
         assert not our_traceback(proc.stderr), proc.stderr[-3000:]
         assert "Event loop is closed" not in proc.stderr, proc.stderr[-3000:]  # the abandoned writes stay quiet
@@ -494,7 +507,7 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(vanilla, tmp_path)
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-def test_full_disk_in_process(shared_data, nltk_data, cache, tmp_path, monkeypatch):
+def test_full_disk_in_process(cache, tmp_path, monkeypatch):
     """The same, with orbax's metadata writer patched to fail as a full disk does (no root needed)."""
     from orbax.checkpoint._src.handlers import json_checkpoint_handler as jch
 
@@ -506,9 +519,9 @@ def test_full_disk_in_process(shared_data, nltk_data, cache, tmp_path, monkeypat
         return await original(self, x, directory)
 
     monkeypatch.setattr(jch.JsonCheckpointHandler, "_save_fn", full_disk)
-    c = tiny_config(shared_data, cache)
+    c = tiny_config(cache)
     with pytest.raises(CheckpointError, match=r"step 40.*No space left on device.*step 20"):
-        Trainer(c, str(tmp_path / "run"), progress=False).run()
+        train(c, tmp_path / "run")
     monkeypatch.setattr(jch.JsonCheckpointHandler, "_save_fn", original)
     assert checkpoint_steps(tmp_path / "run") == [20]
     assert load_run(str(tmp_path / "run")).step == 20
@@ -556,6 +569,7 @@ def test_error_line_stands_on_its_own_line(capfd):
     assert lines == ["50%|#####     | 5/10", "error: the disk is full"]
 
 
+@pytest.mark.slow
 def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(vanilla, tmp_path):
     workdir = _copy_run(vanilla.reference, tmp_path / "run", (20,))
     shutil.rmtree(workdir / "eval")

@@ -119,8 +119,13 @@ def test_v4_32_launch_dry_run_exact(tmp_path, capsys):
         '| tee -a ~/climb_logs/vanilla_small/worker$W.log | sed -u "s/^/[worker $W] /"'
     )
     out = _dry(capsys, tpu_vm, ["run", "climb-v4-32", loc, "--config=configs/vanilla.py:small",
-                                "--workdir=gs://my-bucket/runs/vanilla_small", "--config.trainer.total_steps=1000"])
+                                "--workdir=gs://my-bucket/runs/vanilla_small", "--config.trainer.total_steps=1000",
+                                "--accelerator-type=v4-32"])
     assert out.splitlines() == [
+        "# pre-flight on this machine (no VM time): compile configs/vanilla.py:small for v4-32 (v4:2x2x4); "
+        "stops here if it does not fit or its batch does not split",
+        f"cd {REPO} && python -m climb_jax.aot --config=configs/vanilla.py:small --accelerator-type=v4-32 "
+        "--config.trainer.total_steps=1000",
         "# run on every worker of climb-v4-32; per-worker logs in ~/climb_logs/vanilla_small/worker<N>.log",
         shlex.join(["gcloud", "compute", "tpus", "tpu-vm", "ssh", "climb-v4-32", "--zone=us-central2-b",
                     "--worker=all", f"--command={remote}"]),
@@ -160,8 +165,8 @@ def _all_dry_runs(src: Path, data: Path) -> list[list[str]]:
         ["setup", "t", z, f"--source={src}", f"--data={data}"],
         ["setup", "t", z, "--git=https://example.org/climb.git", "--ref=v0.1"],
         ["setup", "t", z, "--git=https://example.org/climb.git"],
-        ["run", "t", z, "--config=configs/vanilla.py", "--workdir=gs://b/r"],
-        ["run", "t", z, "--config=configs/vanilla.py", "--workdir=gs://b/r", "--detach"],
+        ["run", "t", z, "--config=configs/vanilla.py", "--workdir=gs://b/r", "--accelerator-type=v4-8"],
+        ["run", "t", z, "--config=configs/vanilla.py", "--workdir=gs://b/r", "--detach", "--no-preflight"],
         ["logs", "t", z, "--run-name=r", f"--out={src}/logs"],
         ["logs", "t", z, "--run-name=r", "--follow"],
         ["stop", "t", z],
@@ -172,11 +177,13 @@ def _all_dry_runs(src: Path, data: Path) -> list[list[str]]:
 
 
 def test_dry_runs_print_only_gcloud_commands_and_comments(tmp_path, capsys):
+    """...and the local pre-flight, which runs on this machine before any VM time is spent."""
     src, data = _fake_repo(tmp_path), tmp_path / "babylm_10M"
     data.mkdir()
+    preflight = f"cd {REPO} && python -m climb_jax.aot "
     for argv in _all_dry_runs(src, data):
         for line in _dry(capsys, tpu_vm, argv).splitlines():
-            assert line.startswith("#") or shlex.split(line)[0] == "gcloud", (argv, line)
+            assert line.startswith("#") or shlex.split(line)[0] == "gcloud" or line.startswith(preflight), (argv, line)
     assert not (src / "logs").exists(), "a dry run must not create the log folder"
 
 
@@ -204,7 +211,7 @@ def test_run_command_on_a_simulated_worker(tmp_path, capsys, fails):
     tools = tmp_path / "bin"
     tools.mkdir()
     _executable(tools / "curl", "#!/bin/sh\necho 3\n")  # the metadata server's worker number
-    line = _dry(capsys, tpu_vm, ["run", "t", "--zone=z", "--config=configs/vanilla.py:smoke",
+    line = _dry(capsys, tpu_vm, ["run", "t", "--zone=z", "--config=configs/vanilla.py:smoke", "--no-preflight",
                                  "--workdir=gs://b/runs/v1", "--config.trainer.lr=3e-4"]).splitlines()[-1]
     script = next(w.split("=", 1)[1] for w in shlex.split(line) if w.startswith("--command="))
     env = {**os.environ, "HOME": str(home), "PATH": f"{tools}:{os.environ['PATH']}"}
@@ -234,8 +241,40 @@ def test_setup_and_run_errors(tmp_path):
         tpu_vm.plan(["run", "t", "--zone=z", "--config=c.py"])
     with pytest.raises(SystemExit):
         tpu_vm.plan(["delete", "t", "--zone=z", "--config.x=1"])
-    local = common.render(tpu_vm.plan(["run", "t", "--zone=z", "--config=c.py", "--workdir=/tmp/runs/a"])[0])
+    local = common.render(tpu_vm.plan(["run", "t", "--zone=z", "--config=c.py", "--workdir=/tmp/runs/a",
+                                       "--no-preflight"])[0])
     assert "# warning: the workdir is not on gs://" in local
+    with pytest.raises(common.LaunchError, match="needs --accelerator-type .* or pass --no-preflight"):
+        tpu_vm.plan(["run", "t", "--zone=z", "--config=c.py", "--workdir=gs://b/r"])
+    with pytest.raises(common.LaunchError, match="use v5litepod-16"):
+        tpu_vm.plan(["preflight", "--config=c.py", "--accelerator-type=v5e-16"])
+    with pytest.raises(common.LaunchError, match="config overrides"):
+        tpu_vm.plan(["preflight", "--config=c.py", "--accelerator-type=v4-8", "--lr=3"])
+
+
+def test_a_refused_preflight_stops_the_run_before_any_gcloud_call(tmp_path, monkeypatch, capsys):
+    """The pre-flight runs locally first; when it exits non-zero nothing is sent to the slice."""
+    record = tmp_path / "calls.txt"
+    _executable(tmp_path / "gcloud", f"#!/bin/sh\necho \"gcloud $*\" >> {record}\n")
+    python = _executable(tmp_path / "python", f"#!/bin/sh\necho \"python $*\" >> {record}\n"
+                                               "echo 'error: x does not fit v4-8' >&2\nexit 2\n")
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    argv = ["run", "t", "--zone=z", "--config=configs/vanilla.py:large", "--workdir=gs://b/r",
+            "--accelerator-type=v4-8", f"--python={python}", "--config.trainer.batch_size=4096"]
+    assert common.run_main(tpu_vm.main, argv) == 2
+    assert "the pre-flight refused this config" in capsys.readouterr().err
+    assert record.read_text().splitlines() == [
+        "python -m climb_jax.aot --config=configs/vanilla.py:large --accelerator-type=v4-8 "
+        "--config.trainer.batch_size=4096"]
+    # When it passes, the run goes ahead; --no-preflight skips it.
+    _executable(python, f"#!/bin/sh\necho \"python $*\" >> {record}\n")
+    record.unlink()
+    assert common.run_main(tpu_vm.main, argv) == 0
+    calls = record.read_text().splitlines()
+    assert [c.split()[0] for c in calls] == ["python", "gcloud"]
+    record.unlink()
+    assert common.run_main(tpu_vm.main, [*argv, "--no-preflight"]) == 0
+    assert [c.split()[0] for c in record.read_text().splitlines()] == ["gcloud"]
 
 
 def test_default_source_is_this_checkout_with_its_pin(capsys):

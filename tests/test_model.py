@@ -259,3 +259,32 @@ def test_dropout_mask_is_uniform_and_independent_across_keys():
     out = Dropout(0.2).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(2)})
     assert set(np.unique(np.asarray(out))) == {0.0, 1.25}
     assert abs(float(out.mean()) - 1.0) < 0.01
+
+
+def test_task_heads_are_built_as_the_reference_builds_them():
+    """The reference's heads are `RobertaPreLayerNormLMHead(RobertaConfig(vocab_size, hidden_size))`: plain
+    torch modules (PyTorch's default Linear init, decoder bias zero) with layer-norm eps 1e-12."""
+    run_cfg = RobertaConfig.from_config(config_lib.base_config().model, vocab_size=300)
+    assert (run_cfg.head_init, run_cfg.head_layer_norm_eps) == ("torch", 1e-12)
+    assert run_cfg.layer_norm_eps == 1e-5  # the encoder's, from the reference's model config
+    cfg = dataclasses.replace(CFG, hidden_size=256, num_heads=4, head_init="torch", head_layer_norm_eps=1e-12)
+    p = LMHead(cfg, num_outputs=2000).init(jax.random.key(0), jnp.zeros((1, 1, 256)))["params"]
+    ref = transformers.models.roberta_prelayernorm.modeling_roberta_prelayernorm.RobertaPreLayerNormLMHead(
+        transformers.RobertaConfig(vocab_size=2000, hidden_size=256))
+    assert ref.layer_norm.eps == 1e-12
+    pairs = [(p["dense"]["kernel"], ref.dense.weight), (p["dense"]["bias"], ref.dense.bias),
+             (p["decoder"]["kernel"], ref.decoder.weight)]
+    for ours, theirs in pairs:  # same uniform law U(-b, b), b = 1/sqrt(fan_in): bounds and std b/sqrt(3)
+        ours, theirs = np.asarray(ours), theirs.detach().numpy()
+        bound = 256 ** -0.5
+        # The sample std of n uniform draws has relative standard error sqrt(0.2 / n) (kurtosis 1.8): five
+        # of them is a bound that a correct draw does not cross, whatever the seed.
+        tolerance = 5 * (0.2 / ours.size) ** 0.5
+        for x in (ours, theirs):
+            assert np.abs(x).max() <= bound and np.abs(x).max() > 0.95 * bound
+            assert x.std() == pytest.approx(bound / 3 ** 0.5, rel=tolerance)
+    assert not np.asarray(p["decoder"]["bias"]).any() and not ref.bias.detach().numpy().any()
+    # The eps is the head's own: a row of equal activations is where 1e-12 and 1e-5 differ.
+    x = jnp.full((1, 1, 256), 0.3)
+    same_eps = LMHead(dataclasses.replace(cfg, head_layer_norm_eps=1e-5), 2000).apply({"params": p}, x)
+    assert not np.allclose(np.asarray(LMHead(cfg, 2000).apply({"params": p}, x)), np.asarray(same_eps))

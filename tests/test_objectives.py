@@ -19,7 +19,7 @@ def _units(**kw):
     return ConfigDict(kw)
 
 
-def test_labels_for_each_seed_tag_list():
+def test_labels_for_each_reference_tag_list():
     pos = jnp.asarray([[POS_INDEX[t] for t in ("NOUN", "VERB", "ADJ", "DET", ".", "X")]])
     nv = objectives.pos_labels(pos, objectives.TAG_LISTS["pos_noun_verb"])
     assert np.asarray(nv).tolist() == [[1, 2, 0, 0, 0, 0]]
@@ -29,23 +29,45 @@ def test_labels_for_each_seed_tag_list():
     assert np.asarray(allt).tolist() == [[1, 2, 3, 6, 11, 0]]
 
 
-def test_pos_masking_rates_by_tag():
-    u = objectives.parse_units(_units(mlm=unit("mlm", 0, 1), nv=unit("pos", 0, 1, "NOUN,VERB")))[1]
-    rng = np.random.default_rng(0)
-    ids = rng.integers(5, 500, size=(256, 128)).astype(np.int32)
-    ids[:, 0] = 0
-    pos = rng.integers(0, 12, size=(256, 128))
-    labels = objectives.pos_labels(jnp.asarray(pos), u.tags)
-    masked, selected = objectives.pos_masking(jax.random.PRNGKey(0), jnp.asarray(ids), labels, u, 500)
-    sel = np.asarray(selected)
-    lab = np.asarray(labels)
-    assert not sel[:, 0].any()  # specials never
-    tagged = sel[:, 1:][lab[:, 1:] > 0].mean()
-    other = sel[:, 1:][lab[:, 1:] == 0].mean()
-    assert abs(tagged - 0.4) < 0.01, tagged
-    assert abs(other - 0.15) < 0.01, other
-    # unselected tokens unchanged
-    assert (np.asarray(masked)[~sel] == ids[~sel]).all()
+def _reference_trainer(units, total):
+    """The reference's trainer loop, step by step: at step k the units with start <= k/T <= end
+    compute their loss; the optimizer callback then sees k + 1 and steps every unit with
+    start <= (k+1)/T <= end (the head moves only if it holds a gradient, i.e. computed its loss
+    since its last step). Returns per unit the loss steps, the update steps and the number of
+    scheduler steps taken before each update."""
+    out = {}
+    for u in units:
+        loss, updates, sched_before = [], [], []
+        sched, has_grad = 0, False
+        for k in range(total):
+            if u.start <= k / total <= u.end:
+                loss.append(k)
+                has_grad = True
+            if u.start <= (k + 1) / total <= u.end:
+                if has_grad:
+                    updates.append(k)
+                    sched_before.append(sched)
+                sched += 1
+                has_grad = False
+        out[u.name] = (loss, updates, sched_before)
+    return out
+
+
+@pytest.mark.parametrize("total", [800, 1000, 37])
+def test_windows_match_the_reference_trainer(total):
+    units = objectives.parse_units(_units(
+        mlm=unit("mlm", 0.125, 1.0), nv=unit("pos", 0.0, 0.125, "pos_noun_verb"),
+        nva=unit("pos", 0.0625, 0.3, "pos_noun_verb_adj"), all=unit("pos", 0.1, 1.0, "pos_all")))
+    ref = _reference_trainer(units, total)
+    for u in units:
+        loss, updates, sched_before = ref[u.name]
+        first, last = u.loss_steps(total)
+        assert (first, last) == (loss[0], loss[-1]) and loss == list(range(first, last + 1)), u.name
+        ufirst, ulast = u.update_steps(total)
+        assert updates == list(range(ufirst, ulast + 1)), u.name
+        # The schedule index at each update: updates so far plus the offset.
+        assert sched_before == [u.schedule_offset(total) + i for i in range(len(updates))], u.name
+        assert u.num_steps(total) == int(total * (u.end - u.start))
 
 
 def test_window_activation_at_boundaries():
@@ -53,15 +75,30 @@ def test_window_activation_at_boundaries():
     assert [u.name for u in units] == ["mlm", "nv"]
     total = 800
     w = lambda s: np.asarray(objectives.unit_weights(units, s, total)).tolist()
-    assert w(0) == [0.0, 1.0]
-    assert w(99) == [0.0, 1.0]
-    assert w(100) == [1.0, 0.0]
-    assert w(799) == [1.0, 0.0]
-    for s in (0, 99, 100, 500):
-        assert w(s) == objectives.unit_weights_host(units, s, total).tolist()
+    moves = lambda s: np.asarray(objectives.head_updates(units, s, total)).tolist()
+    assert w(0) == [0.0, 1.0] and moves(0) == [False, True]
+    assert w(99) == [0.0, 1.0] and moves(99) == [False, True]
+    # Both ends inclusive: at step 100 = 0.125 T both losses count; the POS head no longer moves.
+    assert w(100) == [1.0, 1.0] and moves(100) == [True, False]
+    assert w(101) == [1.0, 0.0]
+    assert w(799) == [1.0, 0.0] and moves(799) == [True, False]
+    assert [u.always_active(total) for u in units] == [False, False]
     # Jitted with a traced step: same values, no recompile per step.
     f = jax.jit(lambda s: objectives.unit_weights(units, s, total))
-    assert np.asarray(f(jnp.int32(100))).tolist() == [1.0, 0.0]
+    assert np.asarray(f(jnp.int32(100))).tolist() == [1.0, 1.0]
+
+
+def test_unit_masking_defaults_are_the_reference():
+    units = objectives.parse_units(_units(mlm=unit("mlm", 0, 1), nv=unit("pos", 0, 1, "NOUN,VERB")))
+    mlm, nv = units
+    assert (mlm.mask_probability, mlm.random_probability, mlm.unmask_probability) == (0.15, 0.1, 0.0)
+    assert (nv.mask_probability_pos, nv.mask_probability_other) == (0.4, 0.15)
+    assert (nv.random_probability, nv.unmask_probability) == (0.1, 0.1)
+    assert mlm.schedule == nv.schedule == "window" and mlm.adam_eps == nv.adam_eps == 1e-6
+    with pytest.raises(ConfigError, match="at most 1"):
+        bad = unit("mlm", 0, 1)
+        bad.random_probability, bad.unmask_probability = 0.6, 0.6
+        objectives.parse_units(_units(mlm=bad))
 
 
 @pytest.mark.parametrize(

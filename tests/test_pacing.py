@@ -1,4 +1,4 @@
-"""Pacing functions: closed forms at the key points, the seed's step-by-step definition, host/jit agreement."""
+"""Pacing functions: closed forms at the key points, the reference's step-by-step definition, host/jit agreement."""
 
 import math
 
@@ -14,8 +14,8 @@ T = 1000
 P = dict(start_percent=0.1, end_percent=0.8, starting_difficulty=0.2, max_difficulty=0.9)
 
 
-def seed_reference(name, step, total, start_percent, end_percent, starting_difficulty, max_difficulty):
-    """The seed's definitions, one Python step at a time (CLIMB's get_pacing_fn, c = 10)."""
+def reference_pace(name, step, total, start_percent, end_percent, starting_difficulty, max_difficulty):
+    """The reference's definitions, one Python step at a time (CLIMB's get_pacing_fn, c = 10)."""
     a, e = start_percent * total, end_percent * total
     n = int(e - a)
     b, m = starting_difficulty, max_difficulty
@@ -41,11 +41,11 @@ def seed_reference(name, step, total, start_percent, end_percent, starting_diffi
 
 
 @pytest.mark.parametrize("name", PACING_NAMES)
-def test_matches_seed_definition_at_every_step(name):
+def test_matches_reference_definition_at_every_step(name):
     p = PacingParams(name=name, **P).validate()
     steps = np.arange(T + 1)
     ours = pace(p, steps, T)
-    ref = np.array([seed_reference(name, int(s), T, **P) for s in steps])
+    ref = np.array([reference_pace(name, int(s), T, **P) for s in steps])
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-9)
 
 

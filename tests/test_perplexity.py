@@ -20,18 +20,18 @@ from tests.test_blimp import _full_logits, direct_pll, read_lines, tiny_model, t
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def dev_rows(tok, data_dir, n_rows: int, length: int) -> np.ndarray:
+def dev_rows(tok, n_rows: int, length: int) -> np.ndarray:
     """`<s> … </s>` rows of a fixed length cut from a token stream, as a prepared Split holds."""
-    stream = [t for line in read_lines(data_dir, 200) for t in tok(line, add_special_tokens=False)["input_ids"]]
+    stream = [t for line in read_lines(200) for t in tok(line, add_special_tokens=False)["input_ids"]]
     body = length - 2
     rows = [[BOS_ID] + stream[i * body:(i + 1) * body] + [EOS_ID] for i in range(n_rows)]
     return np.asarray(rows, dtype=np.int32)
 
 
-def test_pseudo_perplexity_matches_direct(shared_data):
-    tok = tiny_tokenizer(shared_data)
+def test_pseudo_perplexity_matches_direct():
+    tok = tiny_tokenizer()
     cfg, params = tiny_model(len(tok))
-    rows = dev_rows(tok, shared_data, 5, 20)
+    rows = dev_rows(tok, 5, 20)
     got = pseudo_perplexity(params, cfg, rows, batch_size=32, num_sequences=3)
     total = sum(direct_pll(cfg, params, r) for r in rows[:3])
     tokens = int((rows[:3] >= NUM_SPECIAL).sum())
@@ -59,10 +59,10 @@ def test_mlm_masks_are_fixed_and_valid():
     assert 0.12 < many.mean() < 0.18
 
 
-def test_mlm_loss_matches_direct(shared_data):
-    tok = tiny_tokenizer(shared_data)
+def test_mlm_loss_matches_direct():
+    tok = tiny_tokenizer()
     cfg, params = tiny_model(len(tok))
-    rows = dev_rows(tok, shared_data, 6, 24)
+    rows = dev_rows(tok, 6, 24)
     got = mlm_loss(params, cfg, rows, batch_size=4, num_sequences=5, mask_probability=0.2, seed=1)
     chosen = mlm_masks(rows[:5], mask_probability=0.2, seed=1)
     logits = np.asarray(_full_logits(cfg)(params, np.where(chosen, MASK_ID, rows[:5]).astype(np.int32)))
@@ -82,14 +82,13 @@ def test_mlm_loss_matches_direct(shared_data):
 
 _MESH_SCRIPT = textwrap.dedent("""
     import numpy as np, jax
-    from pathlib import Path
     from climb_jax.parallel.mesh import create_mesh
     from ml_collections import ConfigDict
     from climb_jax.errors import ConfigError
     from climb_jax.eval.blimp import BlimpEvaluator
     from tests.test_blimp import tiny_model, tiny_tokenizer
     assert jax.device_count() == 4
-    tok = tiny_tokenizer(Path({data!r}))
+    tok = tiny_tokenizer()
     cfg, params = tiny_model(len(tok))
     mesh = create_mesh(ConfigDict(dict(data=-1, fsdp=1, model=1)))
     sentences = ["The cats sleep.", "Who should Derek hug?", "A dog ran.\\nIt did."]
@@ -106,9 +105,50 @@ _MESH_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_mesh_sharded_scoring_matches(shared_data):
+def test_mesh_sharded_scoring_matches():
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
                XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    proc = subprocess.run([sys.executable, "-c", _MESH_SCRIPT.format(data=str(shared_data))],
+    proc = subprocess.run([sys.executable, "-c", _MESH_SCRIPT],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_batching_plan_alone():
+    """The planner (numpy only): every scorable position is scored exactly once, in few shapes."""
+    from climb_jax.eval.batching import MLMPlan, PLLPlan, bucket_lengths, tail_sizes
+
+    rng = np.random.default_rng(0)
+    seqs = [np.r_[BOS_ID, rng.integers(NUM_SPECIAL, 50, size=n), EOS_ID].astype(np.int32)
+            for n in rng.integers(1, 40, size=23)]
+    words = [np.r_[-1, np.arange(len(s) - 2) // 2, -1].astype(np.int32) for s in seqs]  # two tokens per word
+    buckets, sizes = bucket_lengths((8, 16, 24), 32), tail_sizes(8)
+    assert buckets == (8, 16, 24, 32) and sizes == (1, 2, 4, 8) and tail_sizes(8, shards=2) == (2, 4, 8)
+    plan = PLLPlan(seqs, words, buckets=buckets, batch_size=8, batch_sizes=sizes, max_len=32)
+    assert plan.truncated == sum(len(s) > 32 for s in seqs)
+    seen = []
+    for batch in plan:
+        assert batch.size in sizes and batch.width in buckets and 0 < batch.count <= batch.size
+        ids, lengths, cols, targets = plan.inputs(batch)
+        assert ids.shape == (batch.size, batch.width) and (lengths <= batch.width).all()
+        assert (ids[np.arange(batch.size), cols] == MASK_ID).all()
+        for r in range(batch.count):
+            s, c = batch.seq_ids[r], batch.cols[r]
+            original = plan.sequences[s]
+            assert targets[r] == original[c] >= NUM_SPECIAL
+            # PLL-word-l2r: the rest of the target's word to its right is masked too, nothing else.
+            w = words[s][:len(original)] if len(seqs[s]) <= 32 else None
+            if w is not None:
+                hidden = np.nonzero(ids[r, :len(original)] == MASK_ID)[0]
+                assert set(hidden) == {j for j in range(c, len(original)) if w[j] == w[c]}
+        seen += list(plan.output_index(batch))
+    want = [plan.offsets[i] + j for i, s in enumerate(plan.sequences) for j in np.nonzero(s >= NUM_SPECIAL)[0]]
+    assert sorted(seen) == sorted(want) and len(seen) == plan.num_copies
+    assert len(plan.shapes) <= len(buckets) * len(sizes)
+    # The dev MLM loss's plan: fixed masks, padded rows carry weight 0.
+    rows = np.stack([np.r_[BOS_ID, rng.integers(NUM_SPECIAL, 50, size=10), EOS_ID] for _ in range(5)]).astype(np.int32)
+    mplan = MLMPlan(rows, mask_probability=0.3, seed=2, batch_size=4)
+    parts = list(mplan)
+    assert len(parts) == len(mplan) == 2 and parts[1][0].shape[0] == 4
+    assert parts[1][3][1:].sum() == 0 and sum(p[3].sum() for p in parts) == mplan.num_masked
+    chosen = mlm_masks(rows, mask_probability=0.3, seed=2)
+    assert mplan.num_masked == chosen.sum()

@@ -1,4 +1,4 @@
-"""BatchSampler: epoch coverage, the allowed set against the seed's percentile rule, uniform vs weighted
+"""BatchSampler: epoch coverage, the allowed set against the reference's percentile rule, uniform vs weighted
 frequencies, exact resume across a re-scoring, and disjoint process shares."""
 
 import numpy as np
@@ -12,8 +12,8 @@ LINEAR = PacingParams("linear", 0.1, 0.8, 0.1, 1.0)
 CHI2_DF19_P001 = 43.82  # chi-square critical value, 19 degrees of freedom, p = 0.001
 
 
-def seed_allowed(scores, p):
-    """The seed's allowed set: scores at most the p-th percentile (np.percentile, linear)."""
+def reference_allowed(scores, p):
+    """The reference's allowed set: scores at most the p-th percentile (np.percentile, linear)."""
     return np.nonzero(scores <= np.percentile(scores, p * 100))[0]
 
 
@@ -49,23 +49,39 @@ def test_pure_function_of_seed_and_step():
 # -- the allowed set ---------------------------------------------------------------------------
 
 
-def test_allowed_count_matches_the_seeds_percentile_rule():
+def test_allowed_count_matches_the_reference_percentile_rule():
     rng = np.random.default_rng(0)
     for scores in (rng.random(997), rng.integers(1, 7, 1000).astype(np.float32), rng.lognormal(3, 1, 500)):
         s = BatchSampler(len(scores), 1, seed=0, scores=scores, pacing=LINEAR, total_steps=1000)
         for step in range(0, 1001, 37):
             p = float(pace(LINEAR, step, 1000))
-            expect = seed_allowed(np.asarray(scores, np.float32), p)
+            expect = reference_allowed(np.asarray(scores, np.float32), p)
             assert s.allowed_count(step) == len(expect), (step, p)
             np.testing.assert_array_equal(np.sort(s._order[:s.allowed_count(step)]), expect)
 
 
-def test_sources_enter_whole_like_the_seed():
+def test_sources_enter_whole_like_the_reference():
     scores = np.repeat(np.array([1, 2, 3, 4], np.float32), [400, 300, 200, 100])
     s = BatchSampler(1000, 32, seed=0, scores=scores, pacing=LINEAR, total_steps=1000)
     assert s.allowed_count(0) == 400  # the 10th percentile is 1: every score-1 row
     assert s.allowed_count(1000) == 1000
     assert s.fraction(0) == 0.4
+
+
+def test_data_fraction_is_what_the_sampler_allows_beside_the_pace():
+    """The logged `data_fraction` is the share of rows a batch can come from; the pace is logged beside it."""
+    scores = np.repeat(np.array([1, 2, 3, 4], np.float32), [400, 300, 200, 100])
+    s = BatchSampler(1000, 32, seed=0, scores=scores, pacing=LINEAR, total_steps=1000)
+    for step in range(0, 1001, 50):
+        p = float(pace(LINEAR, step, 1000))
+        assert s.pace(step) == pytest.approx(p)
+        assert s.fraction(step) == len(reference_allowed(scores, p)) / 1000  # whole tiers: >= the pace
+        assert s.fraction(step) >= p
+        drawn = s.indices(step)
+        assert scores[drawn].max() <= np.sort(scores)[int(s.fraction(step) * 1000) - 1]
+    assert s.pace(0) == pytest.approx(0.1) and s.fraction(0) == 0.4  # the log said 0.1; 40% is drawable
+    plain = BatchSampler(1000, 32, seed=0)
+    assert plain.pace(5) == 1.0 and plain.fraction(5) == 1.0
 
 
 @pytest.mark.parametrize("uniform", [True, False])
@@ -74,7 +90,7 @@ def test_never_outside_the_allowed_set(uniform):
     scores = rng.lognormal(0, 1, 5000).astype(np.float32)
     s = BatchSampler(5000, 64, seed=0, scores=scores, pacing=LINEAR, total_steps=400, uniform=uniform)
     for step in range(0, 400, 7):
-        allowed = set(seed_allowed(scores, float(pace(LINEAR, step, 400))).tolist())
+        allowed = set(reference_allowed(scores, float(pace(LINEAR, step, 400))).tolist())
         assert set(s.indices(step).tolist()) <= allowed
     counts = [s.allowed_count(t) for t in range(0, 401, 20)]
     assert counts == sorted(counts) and counts[-1] == 5000

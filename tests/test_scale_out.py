@@ -15,14 +15,14 @@ from tests.conftest import REPO
 KINDS = "vanilla,vocab,data,objective"
 
 
-def _run(devices: int, shared, cache, out, kinds: str = KINDS, cpu_devices: int = 1) -> dict:
+def _run(devices: int, cache, out, kinds: str = KINDS, cpu_devices: int = 1) -> dict:
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     env.pop("JAX_NUM_CPU_DEVICES", None)
     if devices:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     else:
         env.pop("XLA_FLAGS", None)
-    proc = subprocess.run([sys.executable, "-m", "tests.equivalence_driver", str(shared), str(cache), str(out), kinds,
+    proc = subprocess.run([sys.executable, "-m", "tests.equivalence_driver", str(cache), str(out), kinds,
                            str(cpu_devices)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
@@ -37,12 +37,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _run_processes(n: int, shared, cache, out, kinds: str) -> list[dict]:
+def _run_processes(n: int, cache, out, kinds: str) -> list[dict]:
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), CLIMB_TEST_NUM_PROCESSES=str(n),
                CLIMB_TEST_COORDINATOR=f"localhost:{_free_port()}", CLIMB_TEST_RUN_TAG="processes")
     env.pop("XLA_FLAGS", None)
     env.pop("JAX_NUM_CPU_DEVICES", None)
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.equivalence_driver", str(shared), str(cache), str(out), kinds],
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.equivalence_driver", str(cache), str(out), kinds],
                               cwd=REPO, env=dict(env, CLIMB_TEST_PROCESS_ID=str(i)), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in range(n)]
     results = []
@@ -54,10 +54,11 @@ def _run_processes(n: int, shared, cache, out, kinds: str) -> list[dict]:
     return results
 
 
-def test_one_and_eight_devices_give_the_same_losses(shared_data, nltk_data, tmp_path):
+@pytest.mark.slow
+def test_one_and_eight_devices_give_the_same_losses(tmp_path):
     cache = tmp_path / "cache"
-    one = _run(1, shared_data, cache, tmp_path)
-    eight = _run(8, shared_data, cache, tmp_path)
+    one = _run(1, cache, tmp_path)
+    eight = _run(8, cache, tmp_path)
     assert one["devices"] == 1 and eight["devices"] == 8
     worst = {}
     for kind in KINDS.split(","):
@@ -74,7 +75,7 @@ def test_one_and_eight_devices_give_the_same_losses(shared_data, nltk_data, tmp_
     assert max(worst.values()) < 2e-3, worst
 
     # The same vanilla run with `mesh.cpu_devices=2`: the run splits the CPU itself, before JAX starts.
-    two = _run(0, shared_data, cache, tmp_path, kinds="vanilla", cpu_devices=2)
+    two = _run(0, cache, tmp_path, kinds="vanilla", cpu_devices=2)
     assert two["devices"] == 2
     assert [r["step"] for r in two["vanilla"]] == [r["step"] for r in one["vanilla"]]
     assert max(abs(x["loss"] - y["loss"]) for x, y in zip(one["vanilla"], two["vanilla"])) < 2e-3
@@ -82,7 +83,7 @@ def test_one_and_eight_devices_give_the_same_losses(shared_data, nltk_data, tmp_
     # Two processes of one device each, started with jax.distributed.initialize on localhost (what a
     # multi-host slice does): each loads its half of every batch, process 0 alone writes the logs,
     # both take part in the checkpoint saves; the losses are the single device's.
-    hosts = _run_processes(2, shared_data, cache, tmp_path, kinds="vanilla")
+    hosts = _run_processes(2, cache, tmp_path, kinds="vanilla")
     for h in hosts:
         assert h["devices"] == 2
         assert [r["step"] for r in h["vanilla"]] == [r["step"] for r in one["vanilla"]]

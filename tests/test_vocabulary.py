@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 
 from climb_jax.constants import NUM_POS, NUM_SPECIAL, POS_INDEX, UNK_ID
-from climb_jax.curriculum.vocabulary import (VOCAB_KINDS, allowed_vocab_fraction, apply_vocab_curriculum,
-                                             token_rank_table)
+from climb_jax.constants import MASK_ID
+from climb_jax.curriculum.vocabulary import VOCAB_KINDS, allowed_vocab_fraction, apply_vocab_curriculum
 from climb_jax.errors import ConfigError
 
 V = 100
-RANK = token_rank_table(V)
 X = POS_INDEX["X"]
 # <s> tok tok tok </s> <pad> <mask> <unk>, with POS classes per position.
 IDS = np.array([[0, 5, 20, 60, 2, 1, 4, 3],
@@ -21,7 +20,7 @@ POS = np.array([[X, 0, 1, 5, X, X, X, X],
 
 
 def mapped(kind, pace):
-    out, replaced = apply_vocab_curriculum(kind, IDS, POS, pace, RANK, V)
+    out, replaced = apply_vocab_curriculum(kind, IDS, POS, pace, V)
     return np.asarray(out), np.asarray(replaced)
 
 
@@ -73,10 +72,24 @@ def test_specials_never_replaced(kind):
         assert rep[~special].sum() > 0
 
 
-def test_rank_table_is_used():
-    reverse = (V - 1 - np.arange(V)).astype(np.int32)  # the rarest id first
-    out, _ = apply_vocab_curriculum("token_ids", IDS, POS, 0.2, reverse, V)
-    assert np.asarray(out)[1, 1] == 99 and np.asarray(out)[0, 1] == UNK_ID
+@pytest.mark.parametrize("kind", VOCAB_KINDS[1:])
+def test_map_after_masking_hides_random_tokens_and_keeps_mask(kind):
+    """The step maps again after masking (the reference maps the masked inputs): <mask> stays, a random
+    replacement outside the allowed set becomes <unk>, and mapped tokens are left as they are."""
+    once, _ = apply_vocab_curriculum(kind, IDS, POS, 0.2, V)
+    twice, rep = apply_vocab_curriculum(kind, once, POS, 0.2, V)
+    np.testing.assert_array_equal(np.asarray(twice), np.asarray(once))  # idempotent
+    assert not np.asarray(rep).any()
+    masked = np.asarray(once).copy()
+    masked[1, 2] = MASK_ID  # a masked position
+    masked[0, 1] = 99  # a random replacement at a NOUN position
+    out, _ = apply_vocab_curriculum(kind, masked, POS, 0.2, V)
+    assert np.asarray(out)[1, 2] == MASK_ID
+    # token ids: 99 is above 0.2 * V; with POS tags a NOUN position stays allowed (key 0 * V + 99 <= 220).
+    assert np.asarray(out)[0, 1] == (UNK_ID if kind == "token_ids" else 99)
+    masked[1, 3] = 7  # a random replacement at an ADJ position: hidden by the POS kinds, allowed by id
+    out, _ = apply_vocab_curriculum(kind, masked, POS, 0.1, V)
+    assert np.asarray(out)[1, 3] == (7 if kind == "token_ids" else UNK_ID)
 
 
 @pytest.mark.parametrize("kind", VOCAB_KINDS[1:])
@@ -84,16 +97,16 @@ def test_jit_matches_host_and_compiles_once(kind):
     traces = []
 
     @jax.jit
-    def f(ids, pos, pace, rank):
+    def f(ids, pos, pace):
         traces.append(1)
-        return apply_vocab_curriculum(kind, ids, pos, pace, rank, V)
+        return apply_vocab_curriculum(kind, ids, pos, pace, V)
 
     rng = np.random.default_rng(0)
     ids = rng.integers(0, V, (4, 32)).astype(np.int32)
     pos = rng.integers(0, NUM_POS, (4, 32)).astype(np.int8)
     for pace in (0.0, 0.13, 0.5, 0.77, 1.0):
-        a = f(jnp.asarray(ids), jnp.asarray(pos), jnp.float32(pace), jnp.asarray(RANK))
-        b = apply_vocab_curriculum(kind, ids, pos, pace, RANK, V)
+        a = f(jnp.asarray(ids), jnp.asarray(pos), jnp.float32(pace))
+        b = apply_vocab_curriculum(kind, ids, pos, pace, V)
         np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
         np.testing.assert_array_equal(np.asarray(a[1]), np.asarray(b[1]))
     assert len(traces) == 1
@@ -107,7 +120,7 @@ def test_allowed_fraction_counts_allowed_units(kind):
     paces = np.array([0.0, 0.05, 0.3, 0.5, 0.91, 1.0])
     got = allowed_vocab_fraction(kind, paces, V)
     for p, g in zip(paces, got):
-        _, rep = apply_vocab_curriculum(kind, ids, pos, p, RANK, V)
+        _, rep = apply_vocab_curriculum(kind, ids, pos, p, V)
         assert g == pytest.approx(1.0 - np.asarray(rep).mean())
     assert float(allowed_vocab_fraction(kind, 1.0, V)) == 1.0
     assert np.all(np.diff(got) >= 0)
@@ -115,17 +128,16 @@ def test_allowed_fraction_counts_allowed_units(kind):
 
 def test_errors():
     with pytest.raises(ConfigError, match="token_ids, pos_tags"):
-        apply_vocab_curriculum("words", IDS, POS, 0.5, RANK, V)
+        apply_vocab_curriculum("words", IDS, POS, 0.5, V)
     with pytest.raises(ConfigError, match="special tokens"):
-        token_rank_table(NUM_SPECIAL)
-    np.testing.assert_array_equal(token_rank_table(7), np.arange(7))
+        apply_vocab_curriculum("token_ids", IDS, POS, 0.5, NUM_SPECIAL)
 
 
 def test_full_pace_allows_x_tagged_tokens():
-    """The seed's combined rule would keep X-tagged tokens as <unk> forever; at pace 1 nothing is replaced."""
+    """The reference's combined rule would keep X-tagged tokens as <unk> forever; at pace 1 nothing is replaced."""
     ids = np.array([[0, 50, 99, 2]], np.int32)
     pos = np.array([[X, X, X, X]], np.int8)
-    out, rep = apply_vocab_curriculum("pos_tags_and_token_ids", ids, pos, 1.0, RANK, V)
+    out, rep = apply_vocab_curriculum("pos_tags_and_token_ids", ids, pos, 1.0, V)
     np.testing.assert_array_equal(np.asarray(out), ids)
-    out, _ = apply_vocab_curriculum("pos_tags_and_token_ids", ids, pos, 0.999, RANK, V)
+    out, _ = apply_vocab_curriculum("pos_tags_and_token_ids", ids, pos, 0.999, V)
     assert np.asarray(out)[0, 1] == UNK_ID

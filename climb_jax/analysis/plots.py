@@ -2,7 +2,8 @@
 
 * `learning_curves.png`: the training loss of every run on one figure, one colour per configuration
   and one line style per seed.
-* `blimp_over_steps.png`: BLiMP overall accuracy at each evaluated checkpoint.
+* `blimp_over_steps.png`: BLiMP overall accuracy at each evaluated checkpoint (not drawn when every run
+  was evaluated at one step only: the report says so instead).
 * `paradigm_diff_<label>.png`: per-paradigm accuracy difference to the baseline, sorted.
 * `pacing_curves.png`: the curricula the runs followed: the pacing function of the vocabulary and
   data curricula and the active windows of the objective units.
@@ -87,7 +88,15 @@ def learning_curves(groups: Mapping[str, list[Run]], path: Path) -> bool:
     return True
 
 
-def blimp_over_steps(groups: Mapping[str, list[Run]], path: Path) -> bool:
+def blimp_over_steps(groups: Mapping[str, list[Run]], path: Path) -> bool | str:
+    """True when drawn; False without any BLiMP result; the reason when a curve would be a single point."""
+    counts = [sum(p.blimp is not None and p.blimp.overall is not None for p in run.evals)
+              for runs in groups.values() for run in runs]
+    if not any(counts):
+        return False
+    if max(counts) < 2:
+        return ("not drawn: every run was evaluated at one step only (set trainer.eval_every to evaluate "
+                "during training)")
     plt = _plt()
     colors = _colors(list(groups))
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -209,7 +218,8 @@ def pacing_curves(groups: Mapping[str, list[Run]], path: Path) -> bool:
     n = len(plans)
     cols = min(3, n)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    # At least 6.5 inches wide, so the title fits above a single panel.
+    fig, axes = plt.subplots(rows, cols, figsize=(max(4.5 * cols, 6.5), 3.2 * rows + 0.4), squeeze=False)
     drawn = False
     for ax, (label, plan) in zip(axes.flat, plans.items()):
         config = groups[label][0].config
@@ -247,15 +257,17 @@ def pacing_curves(groups: Mapping[str, list[Run]], path: Path) -> bool:
     if not drawn:
         plt.close(fig)
         return False
-    fig.suptitle("Curricula (pacing; bars: objective units' active windows)")
+    fig.suptitle("Curricula: pacing functions; bars = objective units' active windows", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
 
 
-def draw_all(groups: Mapping[str, list[Run]], report, out: Path) -> dict[str, Path]:
-    """Every plot that has data; returns {name: path}. A plot that fails is logged, not fatal."""
+def draw_all(groups: Mapping[str, list[Run]], report, out: Path,
+             skipped: dict[str, str] | None = None) -> dict[str, Path]:
+    """Every plot that has data; returns {name: path}. A plot that fails is logged, not fatal; a plot left
+    out on purpose puts its reason in `skipped`."""
     out = Path(out)
     jobs = [
         ("learning_curves", lambda p: learning_curves(groups, p)),
@@ -269,7 +281,11 @@ def draw_all(groups: Mapping[str, list[Run]], report, out: Path) -> dict[str, Pa
     for name, draw in jobs:
         path = out / f"{name}.png"
         try:
-            if draw(path):
+            result = draw(path)
+            if isinstance(result, str):
+                if skipped is not None:
+                    skipped[name] = result
+            elif result:
                 written[name] = path
         except Exception as e:  # noqa: BLE001 — the tables matter more than any one figure
             log.warning("plot %s failed: %s", name, e)

@@ -19,11 +19,12 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from climb_jax.analysis import stats
+from climb_jax.analysis.render import csv_rows, render_markdown, to_json
 from climb_jax.analysis.runs import Run, Suite, find_workdirs, group_runs, load_run
 from climb_jax.errors import DataError
 
@@ -179,6 +180,13 @@ def summarize(groups: dict[str, list[Run]], baseline: str | None = DEFAULT_BASEL
               alpha: float = 0.05, n_boot: int = 2000, n_perm: int = 10_000, seed: int = 0) -> Report:
     """Builds the report's numbers from runs grouped by label (`runs.group_runs`)."""
     notes: list[str] = []
+    for label, runs in groups.items():
+        unfinished = [r for r in runs if not r.finished]
+        if unfinished:
+            where = ", ".join(f"seed {r.seed} at step {r.last_step if r.last_step is not None else 0} of "
+                              f"{r.total_steps}" for r in unfinished)
+            notes.append(f"`{label}` has not finished training ({where}): its numbers are those of its last "
+                         "evaluation.")
     if baseline is not None and baseline not in groups:
         notes.append(f"No run is labelled '{baseline}': differences to a baseline are not computed.")
         baseline = None
@@ -257,162 +265,6 @@ def _paradigm_diff(runs: list[Run], base: list[Run]) -> dict[str, float]:
             for p in sorted(common)}
 
 
-# ------------------------------------------------------------------------------------------------
-# Writing.
-
-
-def _pct(x: float | None, signed: bool = False) -> str:
-    if x is None:
-        return ""
-    return f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}"
-
-
-def _num(x: float | None, signed: bool = False) -> str:
-    if x is None:
-        return ""
-    return f"{x:+.2f}" if signed else f"{x:.2f}"
-
-
-def _cell(c: Cell, fmt=_pct) -> str:
-    if c.mean is None:
-        return "–"
-    return fmt(c.mean) if c.n < 2 else f"{fmt(c.mean)} ± {fmt(c.std)}"
-
-
-def _diff_text(d: DiffEntry | None, scale_pct: bool = True) -> str:
-    if d is None:
-        return ""
-    r = d.result
-    f = (lambda v: _pct(v, signed=True)) if scale_pct else (lambda v: _num(v, signed=True))
-    p = "p=n/a" if not math.isfinite(r.p_value) else f"p={r.p_value:.3g}"
-    flag = "" if r.significant else " n.s."
-    return f"{f(r.diff)} [{f(r.ci_low)}, {f(r.ci_high)}] {p}{flag}"
-
-
-def _task_header(task: str, metric: str) -> str:
-    return f"{task} ({'acc' if metric == 'accuracy' else metric.upper()})"
-
-
-def render_markdown(rep: Report) -> str:
-    lines = ["# Curriculum comparison", ""]
-    base = rep.baseline
-    lines.append(
-        "Scores are percentages (perplexity raw, lower is better), mean ± standard deviation over seeds. "
-        + (f"Δ is the difference to `{base}` with a {100 * (1 - rep.alpha):.0f}% bootstrap confidence interval "
-           f"(items and seeds resampled) and a paired permutation p-value; **n.s.** marks a difference that "
-           f"is not significant at α={rep.alpha}." if base else "")
-    )
-    lines.append("")
-    for note in rep.notes:
-        lines += [f"> {note}", ""]
-
-    supp = any(row.supplement.mean is not None for row in rep.rows)  # the column only when measured
-    header = ["Run", "Seeds", "BLiMP"] + (["Δ BLiMP"] if base else []) + (["Supplement"] if supp else []) + \
-             (["Δ Supplement"] if base and supp else []) + [_task_header(t, m) for t, m in rep.tasks.items()] + \
-             (["(Super)GLUE avg"] if len(rep.tasks) > 1 else []) + ["Perplexity ↓"]
-    lines += ["## Summary", "", _md_row(header), _md_row(["---"] * len(header))]
-    for row in rep.rows:
-        cells = [f"`{row.label}`", ", ".join(map(str, row.seeds)), _cell(row.blimp)]
-        if base:
-            cells.append("(baseline)" if row.label == base else _diff_text(rep.diff(row.label, "blimp")))
-        if supp:
-            cells.append(_cell(row.supplement))
-            if base:
-                cells.append("(baseline)" if row.label == base else _diff_text(rep.diff(row.label, "supplement")))
-        cells += [_cell(row.finetune[t]) for t in rep.tasks]
-        if len(rep.tasks) > 1:
-            cells.append(_cell(row.finetune_avg))
-        cells.append(_cell(row.perplexity, _num))
-        lines.append(_md_row(cells))
-    lines.append("")
-
-    if rep.fields:
-        header = ["Run"] + rep.fields
-        lines += ["## BLiMP per field", "", _md_row(header), _md_row(["---"] * len(header))]
-        for row in rep.rows:
-            lines.append(_md_row([f"`{row.label}`"] + [_cell(row.blimp_fields[f]) for f in rep.fields]))
-        lines.append("")
-
-    if base and rep.diffs:
-        header = ["Run", "Metric", "Items", "Δ", f"{100 * (1 - rep.alpha):.0f}% CI", "p", "Test", "Significant"]
-        lines += [f"## Differences to `{base}`", "", _md_row(header), _md_row(["---"] * len(header))]
-        for d in rep.diffs:
-            r = d.result
-            pct = d.metric != "perplexity"
-            f = (lambda v: _pct(v, signed=True)) if pct else (lambda v: _num(v, signed=True))
-            n_items = f"{r.n_items} {d.items}" if d.items != "seeds" else "seeds"
-            p = "n/a" if not math.isfinite(r.p_value) else f"{r.p_value:.3g}"
-            lines.append(_md_row([f"`{d.label}`", d.metric, n_items, f(r.diff), f"[{f(r.ci_low)}, {f(r.ci_high)}]",
-                                  p, r.test, "yes" if r.significant else "n.s."]))
-        lines.append("")
-        lines.append("Seeds: "
-                     "with one score per seed (no matched items) the permutation test exchanges runs between the "
-                     "groups; two seeds per group cannot reach p < 0.05. No correction for multiple comparisons "
-                     "is applied.")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _md_row(cells: Iterable[str]) -> str:
-    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
-
-def csv_rows(rep: Report) -> tuple[list[str], list[dict[str, Any]]]:
-    """One flat record per configuration (fractions, not percentages)."""
-    records = []
-    for row in rep.rows:
-        rec: dict[str, Any] = {"label": row.label, "n_seeds": len(row.seeds),
-                               "seeds": ";".join(map(str, row.seeds)),
-                               "steps": ";".join(map(str, row.steps))}
-
-        def put(name: str, c: Cell) -> None:
-            rec[f"{name}_mean"] = c.mean
-            rec[f"{name}_std"] = c.std
-
-        put("blimp", row.blimp)
-        for f in rep.fields:
-            put(f"blimp_{f}", row.blimp_fields[f])
-        put("supplement", row.supplement)
-        for t, m in rep.tasks.items():
-            put(f"finetune_{t}_{m}", row.finetune[t])
-        if len(rep.tasks) > 1:
-            put("finetune_avg", row.finetune_avg)
-        put("perplexity", row.perplexity)
-        for d in rep.diffs:
-            if d.label != row.label:
-                continue
-            key = d.metric.replace(":", "_")
-            r = d.result
-            rec.update({f"diff_{key}": r.diff, f"diff_{key}_ci_low": r.ci_low, f"diff_{key}_ci_high": r.ci_high,
-                        f"diff_{key}_p": r.p_value, f"diff_{key}_significant": r.significant,
-                        f"diff_{key}_items": d.items})
-        records.append(rec)
-    columns: list[str] = []
-    for rec in records:
-        for k in rec:
-            if k not in columns:
-                columns.append(k)
-    return columns, records
-
-
-def to_json(rep: Report) -> dict:
-    cell = lambda c: {"mean": c.mean, "std": c.std, "n": c.n}
-    return {
-        "baseline": rep.baseline,
-        "alpha": rep.alpha,
-        "notes": rep.notes,
-        "rows": [{"label": r.label, "seeds": r.seeds, "workdirs": r.workdirs, "steps": r.steps,
-                  "blimp": cell(r.blimp), "blimp_fields": {k: cell(v) for k, v in r.blimp_fields.items()},
-                  "supplement": cell(r.supplement), "finetune": {k: cell(v) for k, v in r.finetune.items()},
-                  "finetune_avg": cell(r.finetune_avg),
-                  "perplexity": cell(r.perplexity)} for r in rep.rows],
-        "tasks": rep.tasks,
-        "differences": [{"label": d.label, "metric": d.metric, "items": d.items, **d.result.to_dict()}
-                        for d in rep.diffs],
-        "paradigm_differences": rep.paradigm_diffs,
-    }
-
-
 def write_report(rep: Report, groups: dict[str, list[Run]], out_dir: str | Path, *, plots: bool = True) -> dict[str, Path]:
     """Writes report.md, report.csv, report.json and (optionally) the PNG plots; returns their paths."""
     out = Path(out_dir)
@@ -422,10 +274,13 @@ def write_report(rep: Report, groups: dict[str, list[Run]], out_dir: str | Path,
     if plots:
         from climb_jax.analysis import plots as plots_mod  # matplotlib only when drawing
 
-        drawn = plots_mod.draw_all(groups, rep, out)
+        skipped: dict[str, str] = {}
+        drawn = plots_mod.draw_all(groups, rep, out, skipped)
         paths.update(drawn)
-        if drawn:
-            md += "\n## Plots\n\n" + "\n".join(f"![{name}]({p.name})" for name, p in drawn.items()) + "\n"
+        if drawn or skipped:
+            md += "\n## Plots\n\n" + "\n".join(
+                [f"![{name}]({p.name})" for name, p in drawn.items()]
+                + [f"`{name}.png`: {why}." for name, why in skipped.items()]) + "\n"
     paths["markdown"].write_text(md)
     columns, records = csv_rows(rep)
     with paths["csv"].open("w", newline="") as fh:

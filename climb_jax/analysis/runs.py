@@ -43,7 +43,7 @@ class Suite:
         """`overall` is BabyLM's BLiMP average, the mean over files: `macro_accuracy` when written, else
         the mean of `per_file`, else `overall`/`accuracy` (a suite without per-file results)."""
         per_file = _float_map(doc.get("per_file"))
-        per_field = _float_map(doc.get("per_field"))
+        per_field = _fields(doc.get("per_field"))
         overall = _number(doc.get("macro_accuracy"))
         if overall is None and per_file:
             overall = float(np.mean(list(per_file.values())))
@@ -77,6 +77,23 @@ class Run:
     evals: list[EvalPoint]
     finetune: dict[str, dict]
 
+    @property
+    def total_steps(self) -> int | None:
+        total = (self.config.get("trainer") or {}).get("total_steps")
+        return int(total) if isinstance(total, int) and not isinstance(total, bool) else None
+
+    @property
+    def last_step(self) -> int | None:
+        """The last step the run logged or evaluated (None: nothing yet)."""
+        steps = [r["step"] for r in self.metrics if isinstance(r.get("step"), int)] + [p.step for p in self.evals]
+        return max(steps) if steps else None
+
+    @property
+    def finished(self) -> bool:
+        """Trained to its `trainer.total_steps` (True when the config does not say how far it goes)."""
+        total = self.total_steps
+        return total is None or (self.last_step is not None and self.last_step >= total)
+
     def latest(self, section: str):
         """The value of `section` ('blimp', 'supplement', 'perplexity') at the last step that has it."""
         for point in reversed(self.evals):
@@ -107,6 +124,29 @@ def _float_map(x) -> dict[str, float]:
         if num is not None:
             out[str(k)] = num
     return out
+
+
+def field_name(name: str) -> str:
+    """One spelling per BLiMP field: the data itself writes both `syntax/semantics` (one paradigm) and
+    `syntax_semantics` (the others) for the same field."""
+    return str(name).replace("/", "_").replace("-", "_")
+
+
+def _fields(x) -> dict[str, float]:
+    """Per-field accuracies with the spellings of one field merged, weighted by their pair counts."""
+    if not isinstance(x, Mapping):
+        return {}
+    sums: dict[str, list[float]] = {}
+    for k, v in x.items():
+        acc = _number(v)
+        if acc is None:
+            continue
+        n = v.get("num_pairs") if isinstance(v, Mapping) else None
+        n = float(n) if isinstance(n, (int, float)) and not isinstance(n, bool) and n > 0 else 1.0
+        total = sums.setdefault(field_name(k), [0.0, 0.0])
+        total[0] += acc * n
+        total[1] += n
+    return {k: s / n for k, (s, n) in sums.items()}
 
 
 def _flat_pairs(x) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -242,23 +282,37 @@ def load_run(workdir: str | Path) -> Run:
                finetune=finetune)
 
 
+def _export_folder(folder: Path) -> bool:
+    """A Hugging Face checkpoint (`climb_jax.export`'s output): its config.json is a transformers config."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(config, dict) and ("model_type" in config or "architectures" in config)
+
+
 def find_workdirs(paths: Iterable[str | Path], max_depth: int = 3) -> list[Path]:
     """The run workdirs named, or found below a named folder (a sweep's output), in sorted order.
 
-    Fine-tuning-only workdirs (config mode "finetune") are not training runs and are skipped.
+    Fine-tuning-only workdirs (config mode "finetune") and Hugging Face exports (`climb_jax.export`
+    writes a config.json too) are not training runs: skipped below a folder, refused when named.
     """
     found: list[Path] = []
     for p in map(Path, paths):
         if not p.exists():
             raise DataError(f"run directory {p} does not exist.")
         if (p / "config.json").exists():
+            if _export_folder(p):
+                raise DataError(f"{p} is a Hugging Face export (climb_jax.export), not a training run: pass the "
+                                "run's workdir (the folder with metrics.jsonl and checkpoints/).")
             found.append(p)
             continue
-        below = sorted(c.parent for c in p.glob("/".join(["*"] * 1) + "/config.json"))
-        depth = 1
+        runs_at = lambda depth: sorted(c.parent for c in p.glob("/".join(["*"] * depth) + "/config.json")
+                                       if not _export_folder(c.parent))
+        below, depth = runs_at(1), 1
         while not below and depth < max_depth:
             depth += 1
-            below = sorted(c.parent for c in p.glob("/".join(["*"] * depth) + "/config.json"))
+            below = runs_at(depth)
         if not below:
             raise DataError(f"{p} holds no config.json (nor do its sub-folders): pass training workdirs.")
         found.extend(below)
@@ -273,11 +327,19 @@ def find_workdirs(paths: Iterable[str | Path], max_depth: int = 3) -> list[Path]
     return out
 
 
+UNFINISHED = " (unfinished)"
+
+
 def group_runs(runs: Iterable[Run]) -> dict[str, list[Run]]:
-    """Runs by label, seeds sorted; labels in first-seen order."""
+    """Runs by label, seeds sorted; labels in first-seen order. A label's runs that have not reached their
+    `trainer.total_steps` form a group of their own, `<label> (unfinished)`: averaging a half-trained
+    seed with finished ones would report neither."""
+    runs = list(runs)
+    finished_labels = {run.label for run in runs if run.finished}
     groups: dict[str, list[Run]] = {}
     for run in runs:
-        groups.setdefault(run.label, []).append(run)
+        label = run.label if run.finished or run.label not in finished_labels else run.label + UNFINISHED
+        groups.setdefault(label, []).append(run)
     for label, members in groups.items():
         members.sort(key=lambda r: r.seed)
         seeds = [r.seed for r in members]

@@ -4,11 +4,13 @@ Every scorer works on the packed arrays of a `climb_jax.data` split (`input_ids 
 `source_ids [N]`, `positions [N]`) and is vectorised over them, so scoring a 10M-word corpus takes
 seconds. The sampler (`climb_jax.data.sampler.BatchSampler`) sorts by these scores once.
 
-  source_order_scores     the seed's `data_split`: a difficulty per source file (spoken or written first)
-  ngram_scores            perplexity under an additively smoothed n-gram model of the training rows
-  self_perplexity_scores  the model's own perplexity, from a jitted per-row loss (active learning)
+  source_order_scores     the reference's `data_split`: a difficulty per source file (spoken or written first)
+  ngram_scores            perplexity under an n-gram model of the training rows (default: the
+                          reference's unsmoothed unigram MLE, special tokens included)
+  self_perplexity_scores  the model's own perplexity, from a jitted per-row loss (`one_mask`)
+  pseudo_perplexity_scores  the model's pseudo-perplexity, every position masked in turn (`pll`)
   child_age_scores        position of the sequence in its (age-ordered) source file
-  uniform_scores          all equal (the seed's "random perplexity" before the first re-scoring)
+  uniform_scores          all equal (the reference's "random perplexity" before the first re-scoring)
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from climb_jax.constants import BOS_ID, NUM_SPECIAL
+from climb_jax.constants import BOS_ID, NUM_SPECIAL, PAD_ID
 from climb_jax.errors import ConfigError, DataError
 
 # --------------------------------------------------------------------------------------------
-# Source order (the seed's DataSplitSorter).
+# Source order (the reference's DataSplitSorter).
 
-# The seed's two orders over the BabyLM 2023 files, extended with the BabyLM 2024 names (`childes`,
+# The reference's two orders over the BabyLM 2023 files, extended with the BabyLM 2024 names (`childes`,
 # `simple_wiki`) at the level of their 2023 counterparts, and with babylm_mini's sources placed by kind:
 # `overheard` (spontaneous conversation) beside bnc_spoken/switchboard, `scripts` (scripted speech)
 # beside open_subtitles/qed, `brown_fiction` (edited narrative) beside the children's stories, and
@@ -104,6 +106,14 @@ def source_difficulties(sources: Sequence[str], order: str, custom: str = "") ->
             f"{', '.join([*SOURCE_ORDERS, 'custom'])}."
         )
     names = [normalise_source_name(s) for s in sources]
+    if order == "custom":
+        unknown = sorted(set(mapping) - set(names))
+        if unknown:
+            raise ConfigError(
+                f"data_curriculum.source_difficulty names source(s) the corpus lacks: {', '.join(unknown)}. "
+                f"Sources found in the corpus: {', '.join(map(str, sources))}. Names given: "
+                f"{', '.join(mapping)}. Fix the names (or data.corpus)."
+            )
     missing = [s for s, n in zip(sources, names) if n not in mapping]
     if missing:
         raise ConfigError(
@@ -132,7 +142,7 @@ def source_order_scores(split, sources: Sequence[str], order: str = "spoken_firs
 
 
 def uniform_scores(num_rows: int) -> np.ndarray:
-    """All rows equally hard (the seed's `n_gram=0`, "random perplexity")."""
+    """All rows equally hard (the reference's `n_gram=0`, "random perplexity")."""
     return np.ones(int(num_rows), np.float32)
 
 
@@ -163,18 +173,24 @@ def _occurrence_counts(keys: np.ndarray) -> np.ndarray:
     return counts[inverse.reshape(-1)]
 
 
-def ngram_scores(input_ids, n: int, smoothing: float = 1.0, vocab_size: int | None = None) -> np.ndarray:
-    """Perplexity of each row under an additively smoothed n-gram model fitted on all rows (float32 [N]).
+def ngram_scores(input_ids, n: int, smoothing: float = 0.0, vocab_size: int | None = None, *,
+                 include_specials: bool = True) -> np.ndarray:
+    """Perplexity of each row under an n-gram model fitted on all rows (float32 [N]).
 
-    Specials (ids < NUM_SPECIAL) are removed first; each remaining token is predicted from the previous
-    n-1 remaining tokens of its row, the history padded with `<s>` at the row start. With counts c over
-    all rows and the V' = vocab_size - NUM_SPECIAL predictable tokens,
+    The default is the reference's scorer (CLIMB (PyTorch) `NGramPerplexityScorer`, n = 1): an
+    unsmoothed maximum-likelihood unigram model fitted on the training rows with every token but <pad>
+    counted, special tokens included, and a row's score 2^(mean -log2 p) over its non-pad tokens.
+    `include_specials=False` removes every special token (ids < NUM_SPECIAL) first; `smoothing` k > 0
+    adds k to every count; n > 1 predicts each token from the previous n-1 kept tokens of its row, the
+    history padded with `<s>` at the row start. With counts c over all rows and V' predictable tokens
+    (vocab_size - 1 with specials, vocab_size - NUM_SPECIAL without),
 
-        P(w | h) = (c(h, w) + k) / (c(h) + k V'),    perplexity(row) = exp(-mean log P over the row).
+        P(w | h) = (c(h, w) + k) / (c(h) + k V'),    perplexity(row) = exp(-mean log P over the row),
 
-    The seed used NLTK's unsmoothed MLE over "everygrams" (n = 1 in its configs, where the two agree up
-    to the smoothing constant); additive smoothing keeps any n finite. A row with no non-special token
-    gets perplexity 1. Vectorised: n-grams become exact int64 keys by repeated densification
+    which equals 2^(-mean log2 P). (For n > 1 the reference scored NLTK "everygrams" of every order
+    up to n; that model is not reproduced: our higher orders are plain n-gram models.) The model is
+    fitted on the rows it scores, so the unsmoothed probabilities are never zero. A row with no kept
+    token gets perplexity 1. Vectorised: n-grams become exact int64 keys by repeated densification
     (`dense(prefix) * V + token`), counted with np.unique, so memory is a few int64 per token.
     """
     if n < 1:
@@ -189,11 +205,11 @@ def ngram_scores(input_ids, n: int, smoothing: float = 1.0, vocab_size: int | No
         vocab_size = int(ids.max()) + 1 if ids.size else NUM_SPECIAL + 1
     if ids.size and int(ids.max()) >= vocab_size:
         raise DataError(f"token id {int(ids.max())} is outside the vocabulary of {vocab_size} ids.")
-    outcomes = vocab_size - NUM_SPECIAL
-    if outcomes <= 0:
+    outcomes = vocab_size - 1 if include_specials else vocab_size - NUM_SPECIAL
+    if vocab_size <= NUM_SPECIAL:
         raise ConfigError(f"a vocabulary of {vocab_size} ids has no non-special tokens to score.")
 
-    valid = ids >= NUM_SPECIAL
+    valid = ids != PAD_ID if include_specials else ids >= NUM_SPECIAL
     tokens = ids[valid].astype(np.int64)  # row-major: rows stay contiguous and in order
     rows = np.nonzero(valid)[0]
     per_row = valid.sum(axis=1).astype(np.int64)
@@ -235,6 +251,18 @@ def _takes_indices(score_fn: Callable) -> bool:
 MAX_LOSS = 80.0  # exp(80) is still finite in float32; a larger loss is a diverged model anyway
 
 
+def _rows_to_score(num_rows: int, indices, batch_size: int):
+    """(indices, their sorting order, the sorted indices): rows are scored in sorted order, which is
+    kind to memory-mapped arrays, and the scores put back in the caller's order."""
+    if batch_size <= 0:
+        raise ConfigError(f"data_curriculum.rescore_batch_size={batch_size} must be positive.")
+    idx = np.arange(num_rows, dtype=np.int64) if indices is None else np.asarray(indices, np.int64).reshape(-1)
+    if idx.size and (idx.min() < 0 or idx.max() >= num_rows):
+        raise DataError(f"self-perplexity indices must lie in [0, {num_rows}); got {idx.min()}..{idx.max()}.")
+    order = np.argsort(idx, kind="stable")
+    return idx, order, idx[order]
+
+
 def self_perplexity_scores(score_fn: Callable, input_ids, pos_ids, *, indices=None, batch_size: int = 256,
                            progress: bool = False) -> np.ndarray:
     """The model's perplexity exp(loss) on each row in `indices` (float32 [len(indices)]).
@@ -244,18 +272,11 @@ def self_perplexity_scores(score_fn: Callable, input_ids, pos_ids, *, indices=No
     can depend on its index and not on its batch. Every call has the same shape `b = batch_size` (the
     last batch is padded by repeating its last row, and the padding's scores are dropped), so the
     function compiles once. Rows are read in sorted order (kind to memory-mapped arrays). The score is
-    exp(loss), the seed's perplexity; the order, and so the curriculum, is the same as the loss's.
+    exp(loss), the reference's perplexity; the order, and so the curriculum, is the same as the loss's.
     """
-    if batch_size <= 0:
-        raise ConfigError(f"data_curriculum.rescore_batch_size={batch_size} must be positive.")
-    num_rows = len(input_ids)
-    idx = np.arange(num_rows, dtype=np.int64) if indices is None else np.asarray(indices, np.int64).reshape(-1)
+    idx, order, sorted_idx = _rows_to_score(len(input_ids), indices, batch_size)
     if idx.size == 0:
         return np.zeros(0, np.float32)
-    if idx.min() < 0 or idx.max() >= num_rows:
-        raise DataError(f"self-perplexity indices must lie in [0, {num_rows}); got {idx.min()}..{idx.max()}.")
-    order = np.argsort(idx, kind="stable")
-    sorted_idx = idx[order]
     with_indices = _takes_indices(score_fn)
     out = np.empty(idx.size, np.float32)
     chunks = range(0, idx.size, batch_size)
@@ -282,3 +303,70 @@ def self_perplexity_scores(score_fn: Callable, input_ids, pos_ids, *, indices=No
     result = np.empty(idx.size, np.float32)
     result[order] = np.exp(np.minimum(out, MAX_LOSS))
     return result
+
+
+def pseudo_perplexity_scores(nll_fn: Callable, input_ids, *, indices=None, copies: int = 256,
+                             progress: bool = False) -> np.ndarray:
+    """The reference's pseudo-perplexity of each row in `indices` (float32 [len(indices)]).
+
+    `nll_fn(ids[C, L] int32, positions[C] int32) -> nll float32[C]` scores masked copies: copy c is a
+    row with `positions[c]` masked. Every non-special position of every row becomes one copy; copies
+    are cut into calls of exactly `copies` (the last call padded with repeats whose results are
+    dropped), so the function compiles once. A row's score is exp(sum of its copies' NLL / n), n its
+    number of non-special positions (1 when it has none), as the reference's `compute_trainer_perplexity`.
+    """
+    idx, order, sorted_idx = _rows_to_score(len(input_ids), indices, copies)
+    if idx.size == 0:
+        return np.zeros(0, np.float32)
+    length = int(np.shape(input_ids)[1])
+    total = np.zeros(idx.size, np.float64)
+    count = np.zeros(idx.size, np.int64)
+    block = max(1, 4 * copies // length)  # rows read per step: a few calls' worth of copies
+    pending_ids: list[np.ndarray] = []
+    pending_pos: list[np.ndarray] = []
+    pending_out: list[np.ndarray] = []
+    have = 0
+
+    def run(final: bool) -> int:
+        nonlocal pending_ids, pending_pos, pending_out
+        ids, pos, out = (np.concatenate(x) for x in (pending_ids, pending_pos, pending_out))
+        done = 0
+        while ids.shape[0] - done >= copies or (final and ids.shape[0] > done):
+            take = min(copies, ids.shape[0] - done)
+            sel = slice(done, done + take)
+            c_ids, c_pos = ids[sel], pos[sel]
+            if take < copies:
+                pad = copies - take
+                c_ids = np.concatenate([c_ids, np.repeat(c_ids[-1:], pad, axis=0)])
+                c_pos = np.concatenate([c_pos, np.repeat(c_pos[-1:], pad)])
+            nll = np.asarray(nll_fn(c_ids, c_pos), np.float64).reshape(-1)
+            if nll.shape[0] != copies:
+                raise DataError(f"the scoring function returned {nll.shape[0]} values for {copies} masked copies.")
+            np.add.at(total, out[sel], nll[:take])
+            done += take
+        pending_ids, pending_pos, pending_out = [ids[done:]], [pos[done:]], [out[done:]]
+        return ids.shape[0] - done
+
+    starts = range(0, idx.size, block)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="self-perplexity (pll)", unit="block")
+    for start in starts:
+        rows = np.asarray(input_ids[sorted_idx[start:start + block]], np.int32)
+        r, p = np.nonzero(rows >= NUM_SPECIAL)
+        pending_ids.append(rows[r])
+        pending_pos.append(p.astype(np.int32))
+        pending_out.append(order[start + r])
+        np.add.at(count, order[start:start + len(rows)], (rows >= NUM_SPECIAL).sum(axis=1))
+        have += r.size
+        if have >= copies:
+            have = run(final=False)
+    if have:
+        run(final=True)
+    mean = total / np.maximum(count, 1)
+    if not np.all(np.isfinite(mean)):
+        bad = int(np.sum(~np.isfinite(mean)))
+        raise DataError(f"the model's loss is not finite on {bad} of {idx.size} re-scored sequences; "
+                        "the run has diverged: resume from an earlier checkpoint with a lower learning rate.")
+    return np.exp(np.minimum(mean, MAX_LOSS)).astype(np.float32)

@@ -1,24 +1,34 @@
-"""Objective curriculum: the units (MLM and part-of-speech class prediction), their windows and masking.
+"""Objective curriculum: the units (MLM and part-of-speech class prediction) and their windows.
 
-Every unit's head exists from step 0 and the compiled step computes each unit's active weight from the
-step counter, so switching objectives never recompiles. A POS unit classifies masked tokens into its tag
-list (label = tag index + 1, 0 = any other tag), masking tagged tokens more often than the rest.
+Every unit's head exists from step 0 and the compiled step computes from the step counter which units
+are active, so switching objectives never recompiles. A POS unit classifies masked tokens into its tag
+list (label = tag index + 1, 0 = any other tag), masking tagged tokens more often than the rest
+(`train/masking.py`).
+
+Windows follow the reference exactly. Its trainer computes a unit's loss at step k (0-based) when
+`start <= k / T <= end` (both ends inclusive), and steps the unit's optimizer and scheduler in a
+callback that already sees the incremented counter k + 1. Hence, for a unit whose window starts after
+step 0, the scheduler takes one step (with no gradient) just before the unit's first loss, and a unit
+whose window ends before T computes its loss on its last step without updating its head (the encoder
+still learns from it). `Unit.loss_steps`, `Unit.update_steps` and `Unit.schedule_offset` state those
+three facts once; the step and the optimizers read them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from climb_jax.constants import MASK_ID, NUM_SPECIAL, POS_INDEX, POS_TAGS
+from climb_jax import choices
+from climb_jax.constants import POS_INDEX, POS_TAGS
 from climb_jax.errors import ConfigError
 
-# The seed's tag lists.
+# The reference's tag lists.
 TAG_LISTS = {
     "pos_all": POS_TAGS[:-1],
     "pos_noun_verb": ("NOUN", "VERB"),
@@ -26,39 +36,79 @@ TAG_LISTS = {
 }
 
 
+def _first_step_at_or_after(fraction: float, total_steps: int) -> int:
+    """The smallest k >= 0 with fraction <= k / total_steps, in the reference's float arithmetic."""
+    k = max(0, math.ceil(fraction * total_steps))
+    while k > 0 and fraction <= (k - 1) / total_steps:
+        k -= 1
+    while not fraction <= k / total_steps:
+        k += 1
+    return k
+
+
+def _last_step_at_or_before(fraction: float, total_steps: int) -> int:
+    """The largest k <= total_steps with k / total_steps <= fraction, in the same arithmetic."""
+    k = min(total_steps, math.floor(fraction * total_steps))
+    while k < total_steps and (k + 1) / total_steps <= fraction:
+        k += 1
+    while k >= 0 and not k / total_steps <= fraction:
+        k -= 1
+    return k
+
+
 @dataclasses.dataclass(frozen=True)
 class Unit:
     """One objective unit, resolved from config; hashable so it can be closed over by the jitted step."""
 
     name: str
-    task: str  # "mlm" or "pos"
+    task: str  # choices.UNIT_TASKS
     start: float
     end: float
     lr: float
     weight_decay: float
-    schedule: str
+    schedule: str  # choices.UNIT_SCHEDULES
     tags: tuple[str, ...] = ()
-    mask_probability_pos: float = 0.4
-    mask_probability_other: float = 0.15
+    adam_eps: float = 1e-6  # the reference's heads: transformers.AdamW's default
+    mask_probability: float = choices.MLM_MASK_PROBABILITY
+    mask_probability_pos: float = choices.POS_MASK_PROBABILITY
+    mask_probability_other: float = choices.OTHER_MASK_PROBABILITY
+    random_probability: float = choices.RANDOM_TOKEN_PROBABILITY
+    unmask_probability: float = choices.MLM_UNMASK_PROBABILITY
 
     @property
     def head(self) -> str:
-        """The name of this unit's head in the parameter tree."""
+        """The name of this unit's head (its parameter group and optimizer) in the parameter tree."""
         return "mlm_head" if self.task == "mlm" else f"{self.name}_head"
 
     @property
     def num_classes(self) -> int:
         return len(self.tags) + 1
 
-    @property
-    def always_active(self) -> bool:
-        return self.start <= 0.0 and self.end >= 1.0
+    def loss_steps(self, total_steps: int) -> tuple[int, int]:
+        """First and last step (inclusive, 0-based) at which the unit's loss is computed:
+        start <= step / T <= end. `last` is capped at T - 1, the last step of training."""
+        first = _first_step_at_or_after(self.start, total_steps)
+        last = min(_last_step_at_or_before(self.end, total_steps), total_steps - 1)
+        return first, last
 
-    def window_steps(self, total_steps: int) -> tuple[int, int]:
-        """[start, end) in steps; a unit ending at 1.0 stays active through the last step."""
-        start = int(round(self.start * total_steps))
-        end = total_steps + 1 if self.end >= 1.0 else int(round(self.end * total_steps))
-        return start, end
+    def update_steps(self, total_steps: int) -> tuple[int, int]:
+        """First and last step (inclusive) at which the unit's head moves: a loss step whose next
+        step k + 1 also lies in the window (the reference's optimizer callback sees k + 1)."""
+        first, last = self.loss_steps(total_steps)
+        return first, min(last, _last_step_at_or_before(self.end, total_steps) - 1)
+
+    def schedule_offset(self, total_steps: int) -> int:
+        """Scheduler steps taken before the unit's first update: 1 when its window starts after step 0."""
+        return 1 if self.loss_steps(total_steps)[0] >= 1 else 0
+
+    def num_steps(self, total_steps: int) -> int:
+        """The reference's `task_num_steps`: int(T * (end - start)), the length of its lr schedule."""
+        return int(total_steps * (self.end - self.start))
+
+    def always_active(self, total_steps: int) -> bool:
+        """Whether the unit computes its loss and moves its head at every step of training."""
+        first, last = self.update_steps(total_steps)
+        return first == 0 and last >= total_steps - 1
 
 
 def _parse_tags(raw: str, unit: str) -> tuple[str, ...]:
@@ -86,25 +136,30 @@ def parse_units(units_cfg: ConfigDict) -> tuple[Unit, ...]:
     units = []
     for name in sorted(units_cfg.keys(), key=lambda n: (units_cfg[n].task != "mlm", n)):
         u = units_cfg[name]
-        if u.task not in ("mlm", "pos"):
-            raise ConfigError(f"objective unit '{name}': task '{u.task}' is not valid; choose 'mlm' or 'pos'.")
-        if u.schedule not in ("trainer", "window"):
-            raise ConfigError(f"objective unit '{name}': schedule '{u.schedule}' is not valid; choose 'trainer' or 'window'.")
+        if u.task not in choices.UNIT_TASKS:
+            raise ConfigError(f"objective unit '{name}': task '{u.task}' is not valid; choose one of: "
+                              f"{', '.join(choices.UNIT_TASKS)}.")
+        if u.schedule not in choices.UNIT_SCHEDULES:
+            raise ConfigError(f"objective unit '{name}': schedule '{u.schedule}' is not valid; choose one of: "
+                              f"{', '.join(choices.UNIT_SCHEDULES)}.")
         tags = _parse_tags(u.tags, name) if u.task == "pos" else ()
-        for key in ("mask_probability_pos", "mask_probability_other"):
-            if not 0 <= u[key] <= 1:
-                raise ConfigError(f"objective unit '{name}': {key}={u[key]} must lie in [0, 1].")
-        units.append(
-            Unit(name=name, task=u.task, start=float(u.start), end=float(u.end), lr=float(u.lr),
-                 weight_decay=float(u.weight_decay), schedule=u.schedule, tags=tags,
-                 mask_probability_pos=float(u.mask_probability_pos),
-                 mask_probability_other=float(u.mask_probability_other))
-        )
+        fields = {f.name: f.default for f in dataclasses.fields(Unit) if f.default is not dataclasses.MISSING}
+        values = {key: float(u.get(key, default)) for key, default in fields.items() if key != "tags"}
+        for key in ("mask_probability", "mask_probability_pos", "mask_probability_other",
+                    "random_probability", "unmask_probability"):
+            if not 0 <= values[key] <= 1:
+                raise ConfigError(f"objective unit '{name}': {key}={values[key]} must lie in [0, 1].")
+        if values["random_probability"] + values["unmask_probability"] > 1:
+            raise ConfigError(f"objective unit '{name}': random_probability + unmask_probability must be at most 1.")
+        if not values["adam_eps"] > 0:
+            raise ConfigError(f"objective unit '{name}': adam_eps must be positive, got {values['adam_eps']}.")
+        units.append(Unit(name=name, task=u.task, start=float(u.start), end=float(u.end), lr=float(u.lr),
+                          weight_decay=float(u.weight_decay), schedule=u.schedule, tags=tags, **values))
     return tuple(units)
 
 
 def validate_units(units_cfg: ConfigDict) -> tuple[Unit, ...]:
-    """The seed's checks: MLM present, windows inside [0, 1], and no point of training without a unit."""
+    """The reference's checks: MLM present, windows inside [0, 1], and no point of training without a unit."""
     units = parse_units(units_cfg)
     mlm = [u for u in units if u.task == "mlm"]
     if len(mlm) != 1:
@@ -137,45 +192,28 @@ def validate_units(units_cfg: ConfigDict) -> tuple[Unit, ...]:
 
 
 def unit_weights(units: Sequence[Unit], step, total_steps: int):
-    """Each unit's active weight (0 or 1) at `step`: a jnp vector, usable inside jit."""
+    """Each unit's loss weight (1.0 while its loss is computed, else 0.0) at `step`: jnp, usable in jit."""
     step = jnp.asarray(step)
-    weights = []
-    for u in units:
-        start, end = u.window_steps(total_steps)
-        weights.append(((step >= start) & (step < end)).astype(jnp.float32))
-    return jnp.stack(weights)
-
-
-def unit_weights_host(units: Sequence[Unit], step: int, total_steps: int) -> np.ndarray:
     out = []
     for u in units:
-        start, end = u.window_steps(total_steps)
-        out.append(1.0 if start <= step < end else 0.0)
-    return np.asarray(out, np.float32)
+        first, last = u.loss_steps(total_steps)
+        out.append(((step >= first) & (step <= last)).astype(jnp.float32))
+    return jnp.stack(out)
 
 
-def pos_labels(pos_ids: jax.Array, tags: Sequence[str]) -> jax.Array:
+def head_updates(units: Sequence[Unit], step, total_steps: int):
+    """Whether each unit's head moves at `step` (its optimizer and schedule advance): jnp bool [U]."""
+    step = jnp.asarray(step)
+    out = []
+    for u in units:
+        first, last = u.update_steps(total_steps)
+        out.append((step >= first) & (step <= last))
+    return jnp.stack(out)
+
+
+def pos_labels(pos_ids, tags: Sequence[str]):
     """Per-token class: index of the token's tag in `tags` plus one, or 0 for any other tag."""
     table = np.zeros(len(POS_TAGS), np.int32)
     for i, t in enumerate(tags):
         table[POS_INDEX[t]] = i + 1
-    return jnp.asarray(table)[pos_ids.astype(jnp.int32)]
-
-
-def pos_masking(key: jax.Array, input_ids: jax.Array, labels: jax.Array, unit: Unit, vocab_size: int,
-                random_probability: float = 0.1, unmask_probability: float = 0.1):
-    """The seed's POS-unit masking: tagged tokens masked with `mask_probability_pos`, other non-special
-    tokens with `mask_probability_other`, then 80/10/10 mask/random/keep.
-
-    Returns (masked_ids, selected) where `selected` marks the positions the loss is computed on.
-    """
-    k_sel, k_kind, k_rand = jax.random.split(key, 3)
-    special = input_ids < NUM_SPECIAL
-    prob = jnp.where(labels > 0, unit.mask_probability_pos, unit.mask_probability_other)
-    selected = (jax.random.uniform(k_sel, input_ids.shape) < prob) & ~special
-    r = jax.random.uniform(k_kind, input_ids.shape)
-    to_mask = r < 1.0 - random_probability - unmask_probability
-    to_random = (~to_mask) & (r < 1.0 - unmask_probability)
-    random_ids = jax.random.randint(k_rand, input_ids.shape, NUM_SPECIAL, vocab_size, dtype=input_ids.dtype)
-    replaced = jnp.where(to_mask, MASK_ID, jnp.where(to_random, random_ids, input_ids))
-    return jnp.where(selected, replaced, input_ids), selected
+    return jnp.asarray(table)[jnp.asarray(pos_ids).astype(jnp.int32)]

@@ -7,7 +7,7 @@ step (traced `jnp` values), so moving the curriculum never recompiles the step.
 
 The formulas are CLIMB's (after google-research/understanding-curricula), with the constant c = 10 for
 `exp` and `log`. With `T = total_steps`, `a = start_percent * T`, `n = floor(end_percent * T - a)` (the
-seed truncates the window length to an integer), `b = starting_difficulty`, `M = max_difficulty` and
+reference truncates the window length to an integer), `b = starting_difficulty`, `M = max_difficulty` and
 `d = step - a`, each function returns `b` while `step < a` and otherwise `min(f(d), M)` with
 
     linear  b + (M - b) * d / n
@@ -18,9 +18,9 @@ seed truncates the window length to an integer), `b = starting_difficulty`, `M =
     step    b until step reaches end_percent * T, then M
     none    M from the first step
 
-Differences from the seed, all deliberate: `none` returns `max_difficulty` (the seed returns 1.0, which
+Differences from the reference, all deliberate: `none` returns `max_difficulty` (the reference returns 1.0, which
 is the same for its configs); a window shorter than one step is treated as one step instead of dividing
-by zero; once `d >= n` the value is exactly `M` (the seed computes `min(f(d), M)`, which agrees up to
+by zero; once `d >= n` the value is exactly `M` (the reference computes `min(f(d), M)`, which agrees up to
 float rounding) so that large steps never overflow `exp`.
 """
 
@@ -34,21 +34,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from climb_jax.choices import PACING_DEFAULTS, PACING_NAMES, DEFAULT_PACING
 from climb_jax.errors import ConfigError
 
-PACING_NAMES = ("linear", "quad", "root", "step", "exp", "log", "none")
-GROWTH_C = 10.0  # the seed's growth constant for `exp` and `log`
+GROWTH_C = 10.0  # the reference's growth constant for `exp` and `log`
 
 
 @dataclasses.dataclass(frozen=True)
 class PacingParams:
     """The parameters of one pacing function (hashable, so it can be closed over by a jitted step)."""
 
-    name: str = "linear"
-    start_percent: float = 0.0625
-    end_percent: float = 0.875
-    starting_difficulty: float = 0.1
-    max_difficulty: float = 1.0
+    name: str = DEFAULT_PACING
+    start_percent: float = PACING_DEFAULTS["start_percent"]
+    end_percent: float = PACING_DEFAULTS["end_percent"]
+    starting_difficulty: float = PACING_DEFAULTS["starting_difficulty"]
+    max_difficulty: float = PACING_DEFAULTS["max_difficulty"]
 
     @classmethod
     def from_config(cls, cfg: Any) -> "PacingParams":

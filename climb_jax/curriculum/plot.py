@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from ml_collections import ConfigDict
 
+from climb_jax import config_lib
 from climb_jax.curriculum import pacing as pacing_lib
 from climb_jax.curriculum import vocabulary
-from climb_jax.errors import ConfigError
 
 _POINTS = 801
 
@@ -25,22 +25,22 @@ def _steps(total: int) -> np.ndarray:
     return np.unique(np.linspace(0, total, min(_POINTS, total + 1)).round().astype(np.int64))
 
 
-def curriculum_curves(config: ConfigDict, vocab_size: int | None = None) -> dict[str, np.ndarray]:
-    """The curves `plot_curricula` draws, by label (plus 'step'), for tests and reports."""
-    total = int(config.trainer.total_steps)
-    if total <= 0:
-        raise ConfigError(f"trainer.total_steps must be positive, got {total}.")
+def curriculum_curves(config: ConfigDict, vocab_size: int | None = None, parsed=None) -> dict[str, np.ndarray]:
+    """The curves `plot_curricula` draws, by label (plus 'step'), for tests and reports. `parsed` is
+    `config_lib.validate(config)` (computed here when not given)."""
+    parsed = parsed or config_lib.validate(config)
+    total = parsed.total_steps
     steps = _steps(total)
     curves: dict[str, np.ndarray] = {"step": steps}
     vc, dc = config.vocab_curriculum, config.data_curriculum
-    if vc.kind != "none":
-        p = pacing_lib.PacingParams.from_config(vc.pacing).validate()
+    if parsed.vocab_pacing is not None:
+        p = parsed.vocab_pacing
         pace = np.asarray(pacing_lib.pace(p, steps, total), np.float64)
         v = int(vocab_size or config.data.vocab_size)
         curves[f"vocabulary pace ({vc.kind}, {p.name})"] = pace
         curves["allowed vocabulary fraction"] = np.asarray(vocabulary.allowed_vocab_fraction(vc.kind, pace, v))
-    if dc.scorer != "none":
-        p = pacing_lib.PacingParams.from_config(dc.pacing).validate()
+    if parsed.data_pacing is not None:
+        p = parsed.data_pacing
         curves[f"data pace ({dc.scorer}, {p.name})"] = np.asarray(pacing_lib.pace(p, steps, total), np.float64)
     return curves
 
@@ -50,12 +50,13 @@ def _unit_windows(config: ConfigDict) -> list[tuple[str, float, float]]:
     return [(name, float(u.start), float(u.end)) for name, u in units.items()]
 
 
-def plot_curricula(config: ConfigDict, out_png: str | os.PathLike, vocab_size: int | None = None) -> Path:
+def plot_curricula(config: ConfigDict, out_png: str | os.PathLike, vocab_size: int | None = None,
+                   parsed=None) -> Path:
     """Draws the config's curricula over training steps to `out_png` (matplotlib, Agg canvas); returns the path."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    curves = curriculum_curves(config, vocab_size)
+    curves = curriculum_curves(config, vocab_size, parsed)
     steps = curves.pop("step")
     windows = _unit_windows(config)
     with_units = len(windows) > 1

@@ -1,9 +1,11 @@
 """Find a corpus's train/dev/test sources and stream their lines.
 
 A corpus is a set of *sources* (one text file per source and split, one utterance or sentence per
-line) in one of the BabyLM layouts, the sample shipped with the package (`"embedded"`), or a Hugging
-Face dataset (`"hf:<name>"`). Files are streamed: a source is read line by line, in bounded pieces,
-so neither a large corpus nor a single line of megabytes is ever held as one Python string.
+line) in one of the BabyLM layouts, the sample shipped with the package (`"embedded"`), a Hugging
+Face dataset (`"hf:<name>"`, `hf_corpus.py`), or a BabyLM folder at a URI (`gs://...`: listed here
+through `etils.epath`, read from a local copy, `remote.py`). Files are streamed: a source is read line
+by line, in bounded pieces, so neither a large corpus nor a single line of megabytes is ever held as
+one Python string.
 
 Cleaning rules, applied the same way on every pass over a source:
   * bytes that are not UTF-8 are replaced by U+FFFD and counted (`on_decode_error="skip"`), or stop
@@ -22,6 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from absl import logging
 
+from climb_jax import choices
 from climb_jax.errors import DataError
 
 SPLITS = ("train", "dev", "test")
@@ -35,8 +38,6 @@ LAYOUTS = (
     ("babylm-2024-100M", "train_100M", "dev", "test"),
     ("split-folders", "train", "dev", "test"),
 )
-HF_DEV_SPLITS = ("validation", "dev", "valid")
-HF_SOURCE_COLUMNS = ("source", "filename", "file", "domain")
 
 _READ_BYTES = 1 << 20  # the most bytes read from a file at once
 _WHITESPACE = (" ", "\t", "\u00a0", "\u3000", "\x0b", "\x0c", "\u2009", "\u2002", "\u2003")
@@ -47,12 +48,13 @@ _SURROGATES = re.compile("[\udc80-\udcff]+")
 class ReadOptions:
     """How raw text becomes lines (the `data.on_decode_error` and `data.max_line_chars` settings)."""
 
-    on_decode_error: str = "skip"
+    on_decode_error: str = choices.DEFAULT_DECODE_ERROR_POLICY
     max_line_chars: int = 20_000
 
     def __post_init__(self):
-        if self.on_decode_error not in ("skip", "fail"):
-            raise DataError(f"data.on_decode_error='{self.on_decode_error}' is not valid; use 'skip' or 'fail'.")
+        if self.on_decode_error not in choices.DECODE_ERROR_POLICIES:
+            raise DataError(f"data.on_decode_error='{self.on_decode_error}' is not valid; use one of: "
+                            f"{', '.join(choices.DECODE_ERROR_POLICIES)}.")
         if self.max_line_chars < 16:
             raise DataError(f"data.max_line_chars={self.max_line_chars} is too small; use at least 16.")
 
@@ -301,10 +303,16 @@ def _directory_layout(root: Path) -> tuple[str, dict[str, list[Path]]]:
     raise DataError(f"no training split found: {_looked_for(root)}.")
 
 
+def _size(path) -> int:
+    """A file's size in bytes, for a `pathlib.Path` or an `etils.epath.Path` (whose stat says `length`)."""
+    st = path.stat()
+    return int(st.st_size if hasattr(st, "st_size") else st.length)
+
+
 def _file_sources(split: str, files: Sequence[Path], skipped: list[str]) -> list[Source]:
     out = []
     for path in files:
-        size = path.stat().st_size
+        size = _size(path)
         if size == 0:
             logging.warning("corpus file %s is empty; it is skipped.", path)
             skipped.append(str(path))
@@ -317,71 +325,6 @@ def _file_sources(split: str, files: Sequence[Path], skipped: list[str]) -> list
         raise DataError(f"the {split} split has several files for source(s) {', '.join(dup)}; "
                         "keep one file per source and split.")
     return out
-
-
-def _hf_load(name: str, subset: str):
-    """A `DatasetDict`: a dataset saved with `save_to_disk`, or `datasets.load_dataset` (never remote code)."""
-    import datasets  # late: heavy, and only needed for this kind of corpus
-
-    local = Path(name).expanduser()
-    if local.is_dir() and ((local / "dataset_dict.json").exists() or (local / "state.json").exists()):
-        loaded = datasets.load_from_disk(str(local))
-    else:
-        try:
-            loaded = datasets.load_dataset(name, subset or None)
-        except Exception as e:  # noqa: BLE001 - any loader failure becomes one actionable message
-            raise DataError(
-                f"could not load the Hugging Face dataset '{name}' (data.hf_subset='{subset}'): "
-                f"{type(e).__name__}: {e}. The first load needs network access (later ones use the "
-                "Hugging Face cache); check the name and subset, or point data.corpus at a local copy "
-                "('hf:/path/to/dataset' saved with save_to_disk, or a BabyLM directory)."
-            ) from None
-    if isinstance(loaded, datasets.Dataset):
-        loaded = datasets.DatasetDict({"train": loaded})
-    return loaded
-
-
-def _hf_corpus(spec: str, name: str, subset: str) -> Corpus:
-    dd = _hf_load(name, subset)
-    keys = list(dd.keys())
-    pick = {"train": "train" if "train" in dd else None,
-            "dev": next((k for k in HF_DEV_SPLITS if k in dd), None),
-            "test": "test" if "test" in dd else None}
-    if pick["train"] is None:
-        raise DataError(f"the Hugging Face dataset '{name}' has no 'train' split (it has: {', '.join(keys)}).")
-    default_name = re.sub(r"[^\w.-]+", "_", Path(name.rstrip("/")).name) or "text"
-    splits: dict[str, list[Source]] = {s: [] for s in SPLITS}
-    identity = [{"hf": name, "subset": subset if not Path(name).expanduser().is_dir() else ""}]
-    for split, key in pick.items():
-        if key is None:
-            continue
-        ds = dd[key]
-        string_cols = [c for c, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
-        text_col = "text" if "text" in ds.column_names else (string_cols[0] if len(string_cols) == 1 else None)
-        if text_col is None:
-            raise DataError(f"the Hugging Face dataset '{name}' split '{key}' has no 'text' column "
-                            f"(columns: {', '.join(ds.column_names)}); rename the text column to 'text'.")
-        source_col = next((c for c in HF_SOURCE_COLUMNS if c in ds.column_names and c != text_col), None)
-        identity.append({"split": key, "fingerprint": getattr(ds, "_fingerprint", ""), "rows": len(ds)})
-        per_byte = (ds.data.nbytes / max(len(ds), 1)) if len(ds) else 0
-        if source_col is None:
-            groups = {default_name: None}
-        else:
-            values = list(ds[source_col])
-            groups: dict[str, list[int]] = {}
-            for i, v in enumerate(values):
-                stem = str(v)
-                for suffix in (".txt", *(f".{x}" for x in (*SPLITS, *HF_DEV_SPLITS))):
-                    stem = stem[: -len(suffix)] if stem.endswith(suffix) else stem
-                groups.setdefault(Path(stem).name or "unknown", []).append(i)
-        for source, idx in sorted(groups.items()):
-            rows = ds if idx is None else ds.select(idx)
-            rows = rows.select_columns([text_col])
-            splits[split].append(Source(name=source, split=split, origin=f"hf:{name}/{key}/{source}",
-                                        rows=rows, text_column=text_col,
-                                        approx_bytes=int(per_byte * len(rows))))
-    return Corpus(spec=spec, root=name, layout="huggingface", splits=splits, files=[], identity=identity,
-                  skipped=[])
 
 
 def _count_words(source: Source, opts: ReadOptions) -> int:
@@ -402,22 +345,38 @@ def apply_word_budget(sources: list[Source], max_words: int, opts: ReadOptions,
         source.word_limit = max(1, round(max_words * n / total)) if n else 0
 
 
+def remote_uri(spec: str) -> bool:
+    """`gs://...`, `s3://...`: a location only `etils.epath` can read (not `hf:` nor a local path)."""
+    return "://" in spec and not spec.startswith(choices.HF_CORPUS_PREFIX)
+
+
 def find_corpus(data_cfg) -> Corpus:
-    """Resolves `data.corpus` to its sources, with empty files skipped.
+    """Resolves `data.corpus` to its sources, with empty files skipped. Cheap: it lists files and reads
+    no text, so the sources can be checked against the config before any expensive work (a remote
+    corpus is listed where it is).
 
     Word budgets (`max_train_words`, `max_eval_words`) need a pass over the text, so they are applied
     separately (`apply_word_budget`), only when the data is actually built."""
     spec = str(data_cfg.corpus).strip()
     read_options(data_cfg)  # bad settings fail before anything is read
-    if spec.startswith("hf:"):
-        name = spec[3:].strip()
+    if spec.startswith(choices.HF_CORPUS_PREFIX):
+        name = spec[len(choices.HF_CORPUS_PREFIX):].strip()
         if not name:
             raise DataError("data.corpus='hf:' names no dataset; use 'hf:<dataset name>'.")
-        corpus = _hf_corpus(spec, name, str(data_cfg.get("hf_subset", "") or ""))
+        from climb_jax.data.hf_corpus import hf_corpus  # late: it imports `datasets` when used
+
+        corpus = hf_corpus(spec, name, str(data_cfg.get("hf_subset", "") or ""))
     else:
         if not spec:
             raise DataError("data.corpus is empty; use 'embedded', a corpus directory or 'hf:<dataset name>'.")
-        root = EMBEDDED_DIR if spec == "embedded" else Path(spec).expanduser().resolve()
+        if spec == choices.EMBEDDED_CORPUS:
+            root = EMBEDDED_DIR
+        elif remote_uri(spec):  # listed through etils.epath; `prepare_data` reads a local copy
+            from climb_jax.data.remote import open_uri
+
+            root = open_uri(spec)
+        else:
+            root = Path(spec).expanduser().resolve()
         layout, found = _directory_layout(root)
         skipped: list[str] = []
         splits = {split: _file_sources(split, found[split], skipped) for split in SPLITS}

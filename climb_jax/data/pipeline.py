@@ -37,6 +37,10 @@ class InputPipeline:
             "pos_ids": np.asarray(self.split.pos_ids[rows], np.int8)[inverse],
             "source_ids": np.asarray(self.split.source_ids[rows], np.int32)[inverse],
             "index": idx,
+            # What the sampler allowed at this step (the fraction of rows it drew from) and its pacing
+            # value: logged as they are, never recomputed.
+            "data_fraction": np.float32(self.sampler.fraction(step)),
+            "data_pace": np.float32(self.sampler.pace(step)),
         }
 
     def _worker(self, start: int, stop: int) -> None:

@@ -106,7 +106,7 @@ class PosTagger:
 
     def __init__(self, nltk_data: str | None = None, engine: str = "fast"):
         if engine not in ("fast", "nltk"):
-            raise ValueError(f"engine must be 'fast' or 'nltk', got {engine!r}")
+            raise DataError(f"the part-of-speech tagger engine must be 'fast' or 'nltk', got {engine!r}")
         import nltk
         from nltk.tag.mapping import tagset_mapping
         from nltk.tag.perceptron import PerceptronTagger

@@ -7,16 +7,21 @@ same global batch and takes its own contiguous slice, so process shares are disj
 Without a data curriculum the sampler shuffles epoch by epoch without replacement (epoch e is a
 permutation seeded by (seed, e)). With difficulty scores it follows CLIMB's data curriculum: at step t
 only rows whose score is at most the `pace(t)`-th percentile of all scores may be drawn (ties included,
-as the seed's `np.percentile` threshold does), and the batch is drawn from that set uniformly or with
-probability proportional to the score (the seed's weighted mode: among allowed rows, harder rows are
-drawn more often).
+as the reference's `np.percentile` threshold does), and the batch is drawn from that set uniformly or
+with probability proportional to the score (the reference's weighted mode: among allowed rows, harder
+rows are drawn more often).
 
-The seed recomputes the percentile and a multinomial over all N scores for every batch. Here the scores
-are sorted once (again only after a re-scoring), the percentile is read from the sorted scores in
-O(1), the allowed set is a prefix of the sorted order (found by binary search), and a weighted draw is a
-binary search in precomputed cumulative sums: O(batch * log N) per batch, whatever the corpus size.
-Difference from the seed: rows are drawn with replacement inside a batch (the seed draws without), which
-is indistinguishable once the allowed set is much larger than a batch.
+The sampler is the only owner of the data pace: `pace(step)` is the pacing function's value and
+`fraction(step)` the fraction of the training rows a batch at `step` may actually be drawn from, which
+is larger whenever ties enter whole (with `source_order`, a whole tier of equal score enters at once)
+or the allowed set is widened to one batch. Both are logged as the sampler computes them.
+
+The reference recomputes the percentile and a multinomial over all N scores for every batch. Here the
+scores are sorted once (again only after a re-scoring), the percentile is read from the sorted scores
+in O(1), the allowed set is a prefix of the sorted order (found by binary search), and a weighted draw
+is a binary search in precomputed cumulative sums: O(batch * log N) per batch, whatever the corpus
+size. Difference from the reference: rows are drawn with replacement inside a batch (the reference
+draws without), which is indistinguishable once the allowed set is much larger than a batch.
 """
 
 from __future__ import annotations
@@ -130,7 +135,8 @@ class BatchSampler:
         return int(min(n, max(count, lo + 1, min(self.global_batch, n))))
 
     def fraction(self, step: int) -> float:
-        """The fraction of the training rows that may be drawn at `step`."""
+        """The fraction of the training rows that may be drawn at `step` (`data_fraction` in the log):
+        every row of a tier of equal scores counts once the tier's first row is allowed."""
         return self.allowed_count(step) / self.num_examples
 
     # -- batches -----------------------------------------------------------------------------
@@ -150,7 +156,7 @@ class BatchSampler:
         """This process's rows of the global batch for `step` (int64 [global_batch / process_count])."""
         step = int(step)
         if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
+            raise ConfigError(f"step must be >= 0, got {step}")
         local = self._local()
         if not self.curriculum:
             positions = step * self.global_batch + np.arange(local.start, local.stop, dtype=np.int64)

@@ -64,12 +64,12 @@ def renumber(tok: Tokenizer, new_id: np.ndarray) -> Tokenizer:
     new_id = np.asarray(new_id)
     size = tok.get_vocab_size(with_added_tokens=True)
     if new_id.shape != (size,) or not np.array_equal(np.sort(new_id), np.arange(size)):
-        raise ValueError(f"new_id must be a permutation of {size} ids")
+        raise DataError(f"new_id must be a permutation of {size} ids")
     if not np.array_equal(new_id[:NUM_SPECIAL], np.arange(NUM_SPECIAL)):
-        raise ValueError("the special tokens must keep their ids")
+        raise DataError("the special tokens must keep their ids")
     spec = json.loads(tok.to_str())
     if spec["model"]["type"] != "BPE":
-        raise ValueError(f"expected a BPE model, got {spec['model']['type']}")
+        raise DataError(f"expected a BPE model, got {spec['model']['type']}")
     spec["model"]["vocab"] = {t: int(new_id[i]) for t, i in spec["model"]["vocab"].items()}
     for added in spec.get("added_tokens", []):
         added["id"] = int(new_id[added["id"]])

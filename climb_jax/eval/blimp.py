@@ -10,6 +10,11 @@ own); a tokenizer without a pre-tokenizer falls back to "a token starting with '
 
 The suite is tokenized once, when the evaluator is built; each call only runs the model, so the
 same evaluator can score many checkpoints of a run.
+
+Averages: `overall` (all pairs), `macro_accuracy` (mean over files, i.e. BLiMP's 67 paradigms) and
+`blimp_avg`, the figure CLIMB (PyTorch) and the BabyLM 2023 pipeline report: the mean over BLiMP's
+12 phenomena (BabyLM's filtered files, one per phenomenon) and, when the supplement is scored, its
+5 tasks (see `blimp_average`).
 """
 
 from __future__ import annotations
@@ -25,19 +30,39 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 from transformers import PreTrainedTokenizerBase
 
+from climb_jax.choices import EVAL_METHODS
 from climb_jax.constants import BOS_ID, EOS_ID
 from climb_jax.errors import ConfigError
-from climb_jax.eval.perplexity import DEFAULT_BUCKETS, PLLScorer
+from climb_jax.eval.batching import DEFAULT_BUCKETS
+from climb_jax.eval.perplexity import PLLScorer
+from climb_jax.eval.progress import Progress
 from climb_jax.eval.suites import Suite, load_suite
 from climb_jax.models.roberta import RobertaConfig
 
-METHODS = ("pll", "pll_word_l2r")
 _WORD_START = "Ġ"  # byte-level BPE's marker of a preceding space
+
+# BLiMP's 12 phenomena as BabyLM 2023 files them (one filtered file per phenomenon, named so), and
+# the 5 tasks of its supplement: `blimp_avg` is the mean over these.
+BLIMP_PHENOMENA = ("anaphor_agreement", "argument_structure", "binding", "control_raising",
+                   "determiner_noun_agreement", "ellipsis", "filler_gap", "irregular_forms", "island_effects",
+                   "npi_licensing", "quantifiers", "subject_verb_agreement")
+SUPPLEMENT_TASKS = ("hypernym", "qa_congruence_easy", "qa_congruence_tricky", "subject_aux_inversion",
+                    "turn_taking")
+# BLiMP's `linguistics_term` values that are not a phenomenon's file name: the two `s-selection`
+# paradigms (animate_subject_*) belong to argument structure in the BLiMP paper's grouping (9
+# paradigms), and the filler-gap file drops "_dependency".
+_TERM_PHENOMENON = {"s-selection": "argument_structure", "filler_gap_dependency": "filler_gap"}
+
+
+def phenomenon(term: str) -> str:
+    """The BabyLM phenomenon (file) a BLiMP `linguistics_term` belongs to."""
+    return _TERM_PHENOMENON.get(term, term)
 
 
 def check_method(method: str) -> str:
-    if method not in METHODS:
-        raise ConfigError(f"eval.method='{method}' is not a scoring method; choose one of: {', '.join(METHODS)}.")
+    if method not in EVAL_METHODS:
+        raise ConfigError(f"eval.method='{method}' is not a scoring method; choose one of: "
+                          f"{', '.join(EVAL_METHODS)}.")
     return method
 
 
@@ -96,9 +121,10 @@ def _accuracy(correct: Sequence[bool]) -> dict:
 def accuracy_report(suite: Suite, good_scores: np.ndarray, bad_scores: np.ndarray, *, method: str) -> dict:
     """Accuracy overall, per file (paradigm), per BLiMP field and per linguistics term.
 
-    `overall` is the accuracy over all pairs; `macro_accuracy` is the mean of the per-file accuracies (the
-    BabyLM leaderboard's BLiMP average). Pairs without a `field`/`linguistics_term` key (the
-    supplement) appear only in the overall and per-file numbers.
+    `overall` is the accuracy over all pairs; `macro_accuracy` is the mean of the per-file accuracies
+    (over BLiMP's 67 paradigms); `per_phenomenon` groups pairs into BLiMP's 12 phenomena (see
+    `phenomenon`), the groups `blimp_average` averages. Pairs without a `field`/`linguistics_term`
+    key (the supplement) appear only in the overall and per-file numbers.
     """
     pairs = suite.pairs
     good = np.asarray(good_scores, dtype=np.float64)
@@ -106,13 +132,14 @@ def accuracy_report(suite: Suite, good_scores: np.ndarray, bad_scores: np.ndarra
     if good.shape != (len(pairs),) or bad.shape != (len(pairs),):
         raise ValueError(f"expected {len(pairs)} scores per side, got {good.shape} and {bad.shape}")
     correct = good >= bad  # ties count as right
-    by_file, by_field, by_term = defaultdict(list), defaultdict(list), defaultdict(list)
+    by_file, by_field, by_term, by_phenomenon = (defaultdict(list) for _ in range(4))
     for pair, ok in zip(pairs, correct.tolist()):
         by_file[pair.paradigm].append(ok)
         if pair.field is not None:
             by_field[pair.field].append(ok)
         if pair.term is not None:
             by_term[pair.term].append(ok)
+            by_phenomenon[phenomenon(pair.term)].append(ok)
     per_file = {name: _accuracy(v) for name, v in by_file.items()}
     return {
         "suite": suite.name,
@@ -125,6 +152,32 @@ def accuracy_report(suite: Suite, good_scores: np.ndarray, bad_scores: np.ndarra
         "per_file": per_file,
         "per_field": {k: _accuracy(v) for k, v in sorted(by_field.items())},
         "per_term": {k: _accuracy(v) for k, v in sorted(by_term.items())},
+        "per_phenomenon": {k: _accuracy(v) for k, v in sorted(by_phenomenon.items())},
+    }
+
+
+def blimp_average(blimp: dict, supplement: dict | None = None) -> dict:
+    """`blimp_avg` as CLIMB (PyTorch) reports it: the unweighted mean of the accuracies of BLiMP's
+    phenomena and of the supplement's tasks.
+
+    The reference runs the BabyLM 2023 pipeline, which scores one filtered file per phenomenon (12)
+    and per supplement task (5), and averages the 17 accuracies (12 without the supplement). Here a
+    BLiMP report's `per_phenomenon` supplies the 12 (a suite without `linguistics_term` keys falls
+    back to its files) and a supplement report's `per_file` the tasks. `missing` lists the expected
+    groups that were not scored (a partial supplement, a subset of BLiMP), so a figure over fewer
+    groups is never mistaken for the reference's.
+    """
+    groups = blimp.get("per_phenomenon") or blimp.get("per_file", {})
+    accuracies = {k: v["accuracy"] for k, v in groups.items()}
+    expected = list(BLIMP_PHENOMENA) if blimp.get("per_phenomenon") else []
+    if supplement is not None:
+        accuracies.update({f"supplement/{k}": v["accuracy"] for k, v in supplement.get("per_file", {}).items()})
+        expected += [f"supplement/{k}" for k in SUPPLEMENT_TASKS]
+    return {
+        "blimp_avg": float(np.mean(list(accuracies.values()))) if accuracies else 0.0,
+        "groups": len(accuracies),
+        "grouped_by": "phenomenon" if blimp.get("per_phenomenon") else "file",
+        "missing": [k for k in expected if k not in accuracies],
     }
 
 
@@ -138,16 +191,20 @@ class BlimpEvaluator:
       method: "pll" or "pll_word_l2r".
       batch_size: masked copies per device call (a multiple of the mesh's batch devices).
       max_pairs_per_file: keep the first N pairs of each file (0 = all).
-      mesh: optional device mesh; batches are split over its 'data' axis.
+      mesh: optional device mesh; batches are split over its batch axes ('data', 'fsdp').
       scorer: a `PLLScorer` to share (with its compiled shapes) between evaluators of several
         suites or methods; `batch_size`, `mesh` and `buckets` are then taken from it.
+      progress: show the scoring's progress (a bar on a terminal, plain lines elsewhere).
     """
 
     def __init__(self, model_config: RobertaConfig, tokenizer: PreTrainedTokenizerBase,
                  suite_dir: str | Path, *, method: str = "pll", batch_size: int = 256,
                  max_pairs_per_file: int = 0, mesh: Mesh | None = None,
-                 buckets: Sequence[int] = DEFAULT_BUCKETS, scorer: PLLScorer | None = None):
+                 buckets: Sequence[int] = DEFAULT_BUCKETS, scorer: PLLScorer | None = None,
+                 progress: bool = False):
         self.method = check_method(method)
+        self.progress = progress
+        self.max_pairs_per_file = int(max_pairs_per_file)
         self.tokenizer = tokenizer
         self.suite = load_suite(suite_dir, max_pairs_per_file=max_pairs_per_file)
         if scorer is not None and scorer.model_config != model_config:
@@ -167,19 +224,22 @@ class BlimpEvaluator:
     @classmethod
     def from_config(cls, eval_cfg: ConfigDict, model_config: RobertaConfig, tokenizer: PreTrainedTokenizerBase,
                     *, suite_dir: str | Path | None = None, mesh: Mesh | None = None,
-                    scorer: PLLScorer | None = None) -> "BlimpEvaluator":
+                    scorer: PLLScorer | None = None, progress: bool = False) -> "BlimpEvaluator":
         """An evaluator for `eval_cfg.blimp_dir` (or `suite_dir`, e.g. `eval_cfg.supplement_dir`)
         with the `eval` section's method, batch size and pair limit."""
         return cls(model_config, tokenizer, suite_dir if suite_dir is not None else eval_cfg.blimp_dir,
                    method=eval_cfg.method, batch_size=eval_cfg.batch_size,
-                   max_pairs_per_file=eval_cfg.max_pairs_per_file, mesh=mesh, scorer=scorer)
+                   max_pairs_per_file=eval_cfg.max_pairs_per_file, mesh=mesh, scorer=scorer, progress=progress)
 
     @property
     def num_pairs(self) -> int:
         return self.suite.num_pairs
 
-    def _score_encoded(self, params, ids, words):
-        result = self.scorer.score(params, ids, words)
+    def _score_encoded(self, params, ids, words, progress: bool = False):
+        plan = self.scorer.plan(ids, words)
+        with Progress(len(plan.batches), f"{self.suite.name} ({len(plan.sequences)} sentences)",
+                      enabled=progress) as bar:
+            _, result = self.scorer.run(params, plan, progress=bar)
         if result.truncated:
             logging.warning("%d sentence(s) longer than %d tokens were truncated before scoring.",
                             result.truncated, self.scorer.max_len)
@@ -193,7 +253,7 @@ class BlimpEvaluator:
     def pair_scores(self, params) -> tuple[np.ndarray, np.ndarray, dict]:
         """(good scores, bad scores, run statistics) for every pair of the suite, in file order."""
         start = time.perf_counter()
-        result = self._score_encoded(params, self._ids, self._words)
+        result = self._score_encoded(params, self._ids, self._words, progress=self.progress)
         stats = {
             "num_sentences": len(self.sentences),
             "num_copies": result.num_copies,
@@ -205,5 +265,6 @@ class BlimpEvaluator:
     def __call__(self, params) -> dict:
         good, bad, stats = self.pair_scores(params)
         report = accuracy_report(self.suite, good, bad, method=self.method)
+        report["max_pairs_per_file"] = self.max_pairs_per_file
         report.update(stats)
         return report

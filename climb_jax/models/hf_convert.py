@@ -213,6 +213,10 @@ def hf_config_dict(cfg: RobertaConfig) -> dict:
         "use_cache": True,
         "classifier_dropout": None,
         "dtype": "float32",
+        # Ours only (Hugging Face keeps unknown keys): how the heads were built. A Hugging Face model
+        # uses `layer_norm_eps` in its LM head, as the reference's saved models do.
+        "head_layer_norm_eps": cfg.head_layer_norm_eps,
+        "head_init": cfg.head_init,
     }
 
 
@@ -237,4 +241,6 @@ def config_from_hf_dict(hf: Mapping[str, Any], dtype: str = "float32") -> Robert
         initializer_range=float(hf.get("initializer_range", 0.02)),
         dtype=dtype,
         pad_token_id=pad,
+        head_layer_norm_eps=hf.get("head_layer_norm_eps"),
+        head_init=hf.get("head_init", "normal"),
     )

@@ -39,11 +39,13 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from climb_jax import choices
 from climb_jax.constants import PAD_ID
 from climb_jax.errors import ConfigError
 
 Array = jax.Array
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_DTYPES = {name: jnp.dtype(name) for name in choices.DTYPES}
+_HEAD_INITS = choices.HEAD_INITS
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,12 @@ class RobertaConfig:
     initializer_range: float = 0.02
     dtype: str = "float32"
     pad_token_id: int = PAD_ID
+    # The LM-shaped heads (MLM and the POS units): layer-norm eps (None = `layer_norm_eps`, as in a
+    # Hugging Face checkpoint) and initialisation ("normal": normal(initializer_range) kernels and zero
+    # biases like the encoder; "torch": PyTorch's default Linear init with a zero decoder bias, as the
+    # reference's heads, which are plain torch modules built from a default RobertaConfig, eps 1e-12).
+    head_layer_norm_eps: float | None = None
+    head_init: str = "normal"
 
     def __post_init__(self) -> None:
         # Normalise numpy scalars so that equal configs hash equally (static jit arguments).
@@ -73,7 +81,7 @@ class RobertaConfig:
             value = getattr(self, f.name)
             if f.type == "int" and isinstance(value, numbers.Integral) and not isinstance(value, bool):
                 object.__setattr__(self, f.name, int(value))
-            elif f.type == "float" and isinstance(value, numbers.Real) and not isinstance(value, bool):
+            elif f.type in ("float", "float | None") and isinstance(value, numbers.Real) and not isinstance(value, bool):
                 object.__setattr__(self, f.name, float(value))
         self.validate()
 
@@ -94,6 +102,11 @@ class RobertaConfig:
         for name in ("dropout_rate", "attention_dropout_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"model {name} must lie in [0, 1), got {getattr(self, name)}.")
+        if self.head_init not in _HEAD_INITS:
+            raise ConfigError(f"model head_init='{self.head_init}' is not supported; choose one of: "
+                              f"{', '.join(_HEAD_INITS)}.")
+        if self.head_layer_norm_eps is not None and not self.head_layer_norm_eps > 0:
+            raise ConfigError(f"model head_layer_norm_eps must be positive, got {self.head_layer_norm_eps}.")
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ConfigError(f"pad_token_id={self.pad_token_id} is outside the vocabulary of {self.vocab_size}.")
 
@@ -105,8 +118,9 @@ class RobertaConfig:
         for name in ("num_layers", "hidden_size", "num_heads", "intermediate_size"):
             if name not in kwargs:
                 raise ConfigError(f"the model config has no '{name}'; start from config_lib.base_config().")
-        for name in ("layer_norm_eps", "dropout_rate", "attention_dropout_rate", "initializer_range"):
-            if name in kwargs:
+        for name in ("layer_norm_eps", "dropout_rate", "attention_dropout_rate", "initializer_range",
+                     "head_layer_norm_eps"):
+            if kwargs.get(name) is not None:
                 kwargs[name] = float(kwargs[name])
         return cls(vocab_size=int(vocab_size), **kwargs)
 
@@ -305,8 +319,22 @@ class RobertaEncoder(nn.Module):
         return _layer_norm(cfg, "final_norm")(h)
 
 
+def _torch_linear_bias_init(fan_in: int):
+    """PyTorch's default Linear bias: uniform in +-1/sqrt(fan_in)."""
+    bound = fan_in ** -0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
 class LMHead(nn.Module):
-    """HF's RobertaLMHead: dense H->H, exact GELU, layer norm, decoder with bias. Logits float32."""
+    """HF's RobertaLMHead: dense H->H, exact GELU, layer norm, decoder with bias. Logits float32.
+
+    `config.head_init="torch"` initialises it as the reference's task heads are (plain torch modules,
+    never passed through `_init_weights`): kernels and the dense bias uniform in +-1/sqrt(fan_in)
+    (kaiming-uniform with a = sqrt(5)), the decoder bias zero."""
 
     config: RobertaConfig
     num_outputs: int
@@ -314,9 +342,19 @@ class LMHead(nn.Module):
     @nn.compact
     def __call__(self, hidden: Array) -> Array:
         cfg = self.config
-        x = gelu(_dense(cfg, cfg.hidden_size, "dense")(hidden.astype(cfg.compute_dtype)))
-        x = _layer_norm(cfg, "layer_norm")(x).astype(cfg.compute_dtype)
-        return _dense(cfg, self.num_outputs, "decoder")(x).astype(jnp.float32)
+        dtype = cfg.compute_dtype
+        if cfg.head_init == "torch":
+            kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+            dense = nn.Dense(cfg.hidden_size, dtype=dtype, kernel_init=kernel,
+                             bias_init=_torch_linear_bias_init(cfg.hidden_size), name="dense")
+            decoder = nn.Dense(self.num_outputs, dtype=dtype, kernel_init=kernel, name="decoder")
+        else:
+            dense = _dense(cfg, cfg.hidden_size, "dense")
+            decoder = _dense(cfg, self.num_outputs, "decoder")
+        eps = cfg.layer_norm_eps if cfg.head_layer_norm_eps is None else cfg.head_layer_norm_eps
+        x = gelu(dense(hidden.astype(dtype)))
+        x = nn.LayerNorm(epsilon=eps, dtype=jnp.float32, name="layer_norm")(x).astype(dtype)
+        return decoder(x).astype(jnp.float32)
 
 
 class ClassificationHead(nn.Module):

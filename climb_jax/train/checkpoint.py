@@ -35,9 +35,11 @@ from climb_jax.errors import CheckpointError
 class Checkpointer:
     """A thin wrapper over `ocp.CheckpointManager` with fallback to older steps on a bad checkpoint."""
 
-    def __init__(self, directory, keep: int = 3, async_save: bool = True):
+    def __init__(self, directory, keep: int | None = 3, async_save: bool = True, prefix: str | None = None):
+        """`keep`: how many of the latest checkpoints to keep (None: all). `prefix`: step folders are named
+        `<prefix>_<step>` instead of `<step>` (for a folder that must not be mistaken for the run's own)."""
         self.directory = epath.Path(directory)
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, step_prefix=prefix,
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
         _silence_abandoned_writes()
@@ -121,19 +123,21 @@ class Checkpointer:
         self._wait(self._pending)
         steps = self.all_steps()
         for step in reversed(steps):
+            # Shapes first, from the metadata alone: a restore that fails on a shape abandons orbax's reads
+            # of the other arrays, whose coroutines then print tracebacks when they are garbage-collected.
+            mismatch = self._shape_mismatch(step, abstract_state)
+            if mismatch:
+                raise CheckpointError(
+                    f"the checkpoint of step {step} in {self.directory} does not fit this run's config: "
+                    f"{mismatch}. The model or data settings (data.vocab_size, the corpus, model.*, the "
+                    "objective units) changed since it was written. Rerun with the settings the run was "
+                    "started with (its config.json), or choose a new --workdir."
+                )
             try:
                 state, meta, host = self.restore(step, abstract_state, with_host=self.has_host(step))
                 _check_finite(state, step)
                 return state, meta, host, step
             except Exception as e:  # noqa: BLE001 - any failure to read means "do not use this one"
-                mismatch = self._shape_mismatch(step, abstract_state)
-                if mismatch:
-                    raise CheckpointError(
-                        f"the checkpoint of step {step} in {self.directory} does not fit this run's config: "
-                        f"{mismatch}. The model or data settings (data.vocab_size, the corpus, model.*, the "
-                        "objective units) changed since it was written. Rerun with the settings the run was "
-                        "started with (its config.json), or choose a new --workdir."
-                    ) from None
                 self._unreadable.add(step)
                 logging.warning("checkpoint at step %d in %s cannot be restored (%s: %s); trying an older one",
                                 step, self.directory, type(e).__name__, str(e).splitlines()[0][:300])
@@ -174,12 +178,33 @@ class Checkpointer:
                     f"{want[emb][0]}")
         return f"{diff[0]} is {saved_shapes[diff[0]]} in the checkpoint and {want[diff[0]]} in this config"
 
+    def delete(self, step: int) -> None:
+        self._wait(self._pending)
+        self.manager.delete(step)
+
     def wait(self) -> None:
         self._wait(self._pending)
 
     def close(self) -> None:
         self._wait(self._pending)
         self.manager.close()
+
+
+def to_lists(items: list[dict]) -> list[dict]:
+    """Per-step dicts of arrays (nested dicts too) as JSON lists, for a checkpoint's metadata."""
+    def plain(v):
+        return {k: plain(x) for k, x in v.items()} if isinstance(v, dict) else np.asarray(v).tolist()
+
+    return [plain(d) for d in items]
+
+
+def from_lists(items: list[dict]) -> list[dict]:
+    """The inverse of `to_lists`: row indices and source ids as int64, every other value float32."""
+    def arrays(d):
+        return {k: arrays(v) if isinstance(v, dict) else
+                np.asarray(v, np.int64 if k in ("source_ids", "index") else np.float32) for k, v in d.items()}
+
+    return [arrays(d) for d in items]
 
 
 def _path_name(path) -> str:
@@ -255,7 +280,7 @@ def load_run(workdir: str, step: int | None = None) -> LoadedRun:
     if not tok_dir.exists():
         raise CheckpointError(f"{workdir} has no tokenizer/ folder; the run did not finish its data preparation.")
     tokenizer = load_tokenizer(tok_dir)
-    setup = RunSetup.from_config(config, vocab_size=len(tokenizer), token_rank=np.arange(len(tokenizer)))
+    setup = RunSetup.from_config(config, vocab_size=len(tokenizer))
     ckpt_dir = root / "checkpoints"
     if not ckpt_dir.exists():
         raise CheckpointError(f"{workdir} has no checkpoints/ yet; train first or wait for the first save.")

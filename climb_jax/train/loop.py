@@ -1,416 +1,263 @@
-"""The training driver: prepare data, build the state, run the compiled step, log, checkpoint, evaluate.
+"""The training driver: build a run's parts from its config, then step, log, checkpoint and evaluate.
 
 Running it again in the same workdir resumes from the latest readable checkpoint; since batches are a
 pure function of (seed, step, difficulty scores) and masks of (seed, step), the resumed run computes
-exactly what an uninterrupted run would have.
+exactly what an uninterrupted run would have. What happens is decided elsewhere (the compiled step:
+`RunSetup.compile`; difficulty scores: `DataCurriculum`; the suites: `Evaluator`; checkpoints:
+`Checkpointer`; the log line: `report`); this module orders those parts in time and stops for one reason.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
-import signal
 import time
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from etils import epath
 from ml_collections import ConfigDict
-from tqdm import tqdm
 
 from climb_jax import config_lib
-from climb_jax.curriculum import difficulty, vocabulary
+from climb_jax.curriculum.data_curriculum import DataCurriculum, check_corpus_sources
 from climb_jax.data.dataset import prepare_data
 from climb_jax.data.pipeline import InputPipeline
 from climb_jax.data.sampler import BatchSampler
-from climb_jax.errors import ClimbError, ConfigError, TrainingDiverged
+from climb_jax.errors import TrainingDiverged
+from climb_jax.eval.evaluator import Evaluator, check_suites, evaluates, read_finished
 from climb_jax.parallel import mesh as mesh_lib
-from climb_jax.train import optim
-from climb_jax.train.checkpoint import Checkpointer
+from climb_jax.train import report
+from climb_jax.train import workdir as workdir_lib
+from climb_jax.train.checkpoint import Checkpointer, from_lists, to_lists
 from climb_jax.train.compile_count import CompileCounter
-from climb_jax.train.setup import RunSetup
-from climb_jax.train.step import make_score_fn
-from climb_jax.train.workdir import MetricsLog, WorkdirLock, is_local, write_json
+from climb_jax.train.selection import CheckpointSelection
+from climb_jax.train.setup import TRAIN_STEP_NAME, RunSetup
+from climb_jax.train.signals import StopSignals
 
-TRAIN_STEP_NAME = "train_step"
+# JAX dispatches asynchronously: unbounded, the host runs dozens of steps ahead of the device, so a stop
+# signal waits for all of them before the save can start and the progress bar counts dispatched steps.
+# Waiting for step t - 1 after dispatching step t keeps one step queued (the device never waits for the
+# host while the host's work per step is shorter than a step) and at most two to finish after a signal.
+DISPATCH_AHEAD = 1
 
 
-class _Preemption:
-    """Turns SIGTERM (what a preempted TPU VM receives) into a flag the loop checks every step."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+def _diverged(loss: str, step: int) -> TrainingDiverged:
+    return TrainingDiverged(f"the loss became {loss} by step {step}; training stopped. The last good checkpoint is "
+                            "kept; lower trainer.lr or check the data, then rerun (it resumes from that checkpoint).")
 
 
 def default_cache_dir(config: ConfigDict, workdir) -> str:
     if config.data.cache_dir:
         return config.data.cache_dir
-    if is_local(workdir):
+    if workdir_lib.is_local(workdir):
         return os.path.join(str(workdir), "cache")
     return os.path.join(os.path.expanduser("~"), ".cache", "climb_jax")
 
 
-# --------------------------------------------------------------------------------------------
-# Difficulty scores for the data curriculum.
-
-
-def initial_scores(config: ConfigDict, data) -> np.ndarray | None:
-    dc = config.data_curriculum
-    split = data.train
-    if dc.scorer == "none":
-        return None
-    if dc.scorer == "source_order":
-        return difficulty.source_order_scores(split, data.sources, dc.source_order, dc.source_difficulty)
-    if dc.scorer == "child_age":
-        return difficulty.child_age_scores(split)
-    if dc.scorer in ("ngram_perplexity", "self_perplexity"):
-        if dc.n_gram <= 0:
-            return difficulty.uniform_scores(len(split))
-        return difficulty.ngram_scores(split.input_ids, dc.n_gram, dc.ngram_smoothing, len(data.tokenizer))
-    raise ConfigError(f"unknown data_curriculum.scorer '{dc.scorer}'")
-
-
-def _to_lists(items: list[dict]) -> list[dict]:
-    return [{k: np.asarray(v).tolist() for k, v in d.items()} for d in items]
-
-
-def _from_lists(items: list[dict]) -> list[dict]:
-    out = []
-    for d in items:
-        out.append({k: np.asarray(v, np.int64 if k in ("source_ids", "index") else np.float32) for k, v in d.items()})
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Evaluation.
-
-
-def run_evaluation(params, setup: RunSetup, data, config: ConfigDict, step: int, mesh=None) -> dict:
-    """BLiMP (and an optional second suite) by pseudo-log-likelihood, and dev pseudo-perplexity."""
-    from climb_jax.eval.blimp import BlimpEvaluator
-    from climb_jax.eval.perplexity import pseudo_perplexity
-
-    ev = config.eval
-    result: dict[str, Any] = {"step": step, "method": ev.method}
-    evaluator = BlimpEvaluator(setup.model, data.tokenizer, ev.blimp_dir, method=ev.method,
-                               batch_size=ev.batch_size, max_pairs_per_file=ev.max_pairs_per_file)
-    result["blimp"] = evaluator(params)
-    if ev.supplement_dir:
-        sup = BlimpEvaluator(setup.model, data.tokenizer, ev.supplement_dir, method=ev.method,
-                             batch_size=ev.batch_size, max_pairs_per_file=ev.max_pairs_per_file)
-        result["supplement"] = sup(params)
-    if ev.perplexity_sequences > 0 and data.dev is not None and len(data.dev) > 0:
-        result["perplexity"] = pseudo_perplexity(params, setup.model, np.asarray(data.dev.input_ids),
-                                                 batch_size=ev.batch_size, num_sequences=ev.perplexity_sequences)
-    if ev.get("mlm_sequences", 0) > 0 and data.dev is not None and len(data.dev) > 0:
-        from climb_jax.eval.perplexity import mlm_loss
-
-        result.setdefault("perplexity", {}).update(
-            mlm_loss(params, setup.model, np.asarray(data.dev.input_ids), num_sequences=ev.mlm_sequences))
-    return result
-
-
-# --------------------------------------------------------------------------------------------
-
-
-def _check_eval_suites(config: ConfigDict) -> None:
-    """Reads the evaluation suites the run will score (pure Python, no JAX), so a missing or malformed
-    file is reported before training rather than when the first evaluation is due."""
-    ev = config.eval
-    if not (ev.at_end or config.trainer.eval_every):
-        return
-    from climb_jax.eval.suites import load_suite
-
-    for key in ("blimp_dir", "supplement_dir"):
-        if ev[key]:
-            try:
-                load_suite(ev[key], max_pairs_per_file=ev.max_pairs_per_file)
-            except ClimbError as e:
-                raise type(e)(f"eval.{key}: {e}") from None
-
-
 class Trainer:
-    """One run in one workdir. `run()` trains (or resumes) to `trainer.total_steps`."""
+    """One run in one workdir. Building it prepares the data and every part of the run; `run()` trains
+    (or resumes) to `trainer.total_steps` and evaluates."""
 
-    def __init__(self, config: ConfigDict, workdir: str, *, progress: bool = True, stop_at: int | None = None):
-        """`stop_at` ends the run early (with a checkpoint) without changing its schedule: for tests and
-        for splitting a run into jobs."""
-        config_lib.validate(config)
-        _check_eval_suites(config)
+    def __init__(self, config: ConfigDict, workdir: str, *, progress: bool = True, stop_at: int | None = None,
+                 signals: StopSignals | None = None):
+        """`stop_at` ends the run early (with a checkpoint) without changing its schedule: for tests and for
+        splitting a run into jobs. `signals`: handlers the caller installed before building the run."""
+        parsed = config_lib.validate(config)
+        check_suites(config)  # a missing suite is reported before the data is prepared
+        check_corpus_sources(config)  # so is a source order that does not fit the corpus
         mesh_lib.setup_runtime(config)
-        self.stop_at = stop_at
-        self.config = config
-        self.workdir = epath.Path(workdir)
-        self.progress = progress
+        c, t = config, config.trainer
+        self.config, self.workdir, self.stop_at = config, epath.Path(workdir), stop_at
+        self.signals = signals or StopSignals()
         self.primary = jax.process_index() == 0
+        self.progress = report.Progress(progress and self.primary, t.total_steps)
         self.counter = CompileCounter()
-
-    # -- setup -------------------------------------------------------------------------------
-    def _prepare(self) -> None:
-        c = self.config
         self.mesh = mesh_lib.create_mesh(c.mesh)
-        self.local_batch = mesh_lib.batch_size_per_process(c.trainer.batch_size, self.mesh)
-        self._say(f"devices: {jax.device_count()} x {jax.devices()[0].platform} ({jax.devices()[0].device_kind}), "
-                  f"mesh {dict(self.mesh.shape)}, processes {jax.process_count()}")
+        mesh_lib.batch_size_per_process(t.batch_size, self.mesh)  # the global batch splits over devices
+        device = jax.devices()[0]
+        self._say(f"devices: {jax.device_count()} x {device.platform} ({device.device_kind}), mesh "
+                  f"{dict(self.mesh.shape)}, processes {jax.process_count()}")
         self.data = prepare_data(c.data, epath.Path(default_cache_dir(c, self.workdir)),
-                                 progress=self.progress and self.primary)
-        vocab = len(self.data.tokenizer)
-        self._say(f"corpus {c.data.corpus}: {len(self.data.train)} training sequences of {c.data.seq_len} tokens "
-                  f"from {len(self.data.sources)} sources; tokenizer: byte-level BPE, {vocab} tokens "
-                  f"({c.data.token_order} order); data cache {self.data.directory}")
-        token_rank = vocabulary.token_rank_table(vocab)
-        self.setup = RunSetup.from_config(c, vocab_size=vocab, token_rank=token_rank)
-        self._say(f"model: {c.model.size} ({self.setup.model.num_layers} layers, width {self.setup.model.hidden_size}), "
-                  f"{c.trainer.total_steps} steps of {c.trainer.batch_size} x {c.data.seq_len} tokens, "
-                  f"{c.model.dtype} activations")
-        dc = c.data_curriculum
+                                 progress=progress and self.primary)
+        self.setup = RunSetup.from_config(c, vocab_size=len(self.data.tokenizer), parsed=parsed)
+        for line in report.describe(c, self.data, self.setup.model):
+            self._say(line)
+        self.compiled = self.setup.compile(self.mesh)
+        self.curriculum = DataCurriculum.from_config(c, self.data, self.setup.model, self.mesh)
         self.sampler = BatchSampler(
-            len(self.data.train), c.trainer.batch_size, c.seed,
-            process_index=jax.process_index(), process_count=jax.process_count(),
-            scores=initial_scores(c, self.data),
-            pacing=self.setup.settings.data_pacing, total_steps=c.trainer.total_steps,
-            uniform=dc.uniform_sampling,
-        )
-        self.state_sharding = mesh_lib.state_shardings(self.setup.abstract_state(), self.mesh)
-        self.batch_sharding = mesh_lib.batch_sharding(self.mesh)
-        self.checkpointer = Checkpointer(self.workdir / "checkpoints", keep=c.trainer.keep_checkpoints,
-                                         async_save=c.trainer.async_checkpoints)
-        self.metrics = MetricsLog(self.workdir / "metrics.jsonl", enabled=self.primary)
-        self.schedules = optim.schedules(c.trainer, self.setup.units)
+            len(self.data.train), t.batch_size, c.seed, process_index=jax.process_index(),
+            process_count=jax.process_count(), scores=self.curriculum.initial_scores(),
+            pacing=parsed.data_pacing, total_steps=t.total_steps,
+            uniform=c.data_curriculum.uniform_sampling)
+        self.checkpointer = Checkpointer(self.workdir / "checkpoints", keep=t.keep_checkpoints,
+                                         async_save=t.async_checkpoints)
+        self.metrics = workdir_lib.MetricsLog(self.workdir / "metrics.jsonl", enabled=self.primary)
+        dev = None if self.data.dev is None or len(self.data.dev) == 0 else np.asarray(self.data.dev.input_ids)
+        selecting = c.eval.at_end and c.eval.select == "best_dev_perplexity" and dev is not None
+        self.selection = CheckpointSelection(c, self.workdir, enabled=selecting)
+        self.evaluator = Evaluator(c, self.setup.model, self.data.tokenizer, dev, self.mesh, self.workdir,
+                                   progress=progress and self.primary) if evaluates(c) else None
+        self.pending: list = []  # device metrics of the current log interval
+        self.host_info: list[dict] = []  # what the host knows of the same batches (rows, sources, pace)
+        self.clock = (time.perf_counter(), 0)  # start of the current timing interval: (time, step)
 
-    def _write_run_files(self) -> None:
-        """config.json and the run's own tokenizer copy (for evaluation and export without the data cache).
-        Written only once the checkpoints are known to fit this config, so a rerun with mistaken settings
-        never overwrites the record of the run it refused to resume."""
-        if self.primary:
-            write_json(self.workdir / "config.json", json.loads(self.config.to_json_best_effort()))
-            self.data.tokenizer.save_pretrained(str(self.workdir / "tokenizer"))
-
-    def _init_or_restore(self):
-        abstract = self.setup.abstract_state(lambda shapes: self.state_sharding)
-        found = self.checkpointer.restore_latest(abstract)
-        if found is None:
-            init = jax.jit(lambda: self.setup.init_state(self.config.seed), out_shardings=self.state_sharding)
-            old = self.metrics.set_aside()  # lines of an earlier attempt killed before its first checkpoint
-            if old:
-                self._say(f"no checkpoint to resume from: the earlier metrics log was moved to {old}")
-            return init(), 0
-        state, meta, host, step = found
-        self._restored_pending = (_from_lists(meta.get("pending_metrics", [])),
-                                  _from_lists(meta.get("pending_host", [])))
-        self.sampler.load_state_dict({"meta": meta.get("sampler", {}), "scores": (host or {}).get("scores")})
-        self.metrics.truncate_after(step)
-        self._say(f"resuming from the checkpoint at step {step}")
-        return state, step
-
-    # -- helpers -----------------------------------------------------------------------------
     def _say(self, message: str) -> None:
         logging.info(message)
         if self.primary:
             print(message, flush=True)
 
-    def _save(self, state, step: int, pending: list, host_info: list) -> None:
-        """Saves the state with the sampler and the not-yet-logged metrics of the current log interval, so
-        a run resumed between two log steps writes the same log line as an uninterrupted one."""
-        sampler_state = self.sampler.state_dict()
-        host = {"scores": sampler_state["scores"]} if sampler_state.get("scores") is not None and \
-            self.config.data_curriculum.scorer == "self_perplexity" else None
-        meta = {"step": step, "sampler": sampler_state["meta"], "data_fingerprint": self.data.fingerprint,
-                "pending_metrics": _to_lists(jax.device_get(pending)), "pending_host": _to_lists(host_info)}
-        self.checkpointer.save(step, state, meta, host)
-
-    def _rescore(self, state, step: int) -> None:
-        """Self-perplexity: the model's own per-sequence loss becomes the difficulty, every `update_every` steps."""
-        dc = self.config.data_curriculum
-        fn = self._score_fn
-        n = len(self.data.train)
-        count = max(1, int(round(dc.rescore_fraction * n)))
-        rng = np.random.default_rng([self.config.seed, step])
-        indices = np.sort(rng.choice(n, size=count, replace=False)) if count < n else np.arange(n)
-        key = jax.random.PRNGKey(self.config.seed + 7919 * (step + 1))
-
-        def score_fn(ids, pos, idx):
-            return np.asarray(fn(state.params, jnp.asarray(ids), jnp.asarray(idx), key))
-
-        fresh = difficulty.self_perplexity_scores(score_fn, self.data.train.input_ids, self.data.train.pos_ids,
-                                                  indices=indices, batch_size=dc.rescore_batch_size)
-        scores = np.array(self.sampler.scores if self.sampler.scores is not None else np.zeros(n, np.float32))
-        scores[indices] = fresh
-        self.sampler.set_scores(scores.astype(np.float32), version=step // dc.update_every)
-        logging.info("re-scored %d sequences at step %d (mean perplexity %.2f)", count, step, float(fresh.mean()))
-
-    def _log_record(self, step: int, pending: list, t0: float, steps_done: int, host_info: list) -> dict:
-        fetched = jax.device_get([m for m in pending])
-        c = self.config
-        rec: dict[str, Any] = {"step": step}
-        losses = np.array([m["loss"] for m in fetched], np.float64)
-        rec["loss"] = float(losses.mean())
-        rec["grad_norm"] = float(np.mean([m["grad_norm"] for m in fetched]))
-        rec["learning_rate"] = float(self.schedules["encoder"](step - 1))
-        elapsed = time.perf_counter() - t0
-        tokens_per_step = c.trainer.batch_size * c.data.seq_len
-        rec["tokens_seen"] = int(step * tokens_per_step)
-        rec["step_time_s"] = elapsed / max(steps_done, 1)
-        rec["tokens_per_s"] = tokens_per_step * steps_done / max(elapsed, 1e-9)
-        stats = np.sum([m["unit_stats"] for m in fetched], axis=0)
-        last = fetched[-1]
-        for i, u in enumerate(self.setup.units):
-            if stats[i, 1] > 0:
-                rec[f"{u.name}_loss"] = float(stats[i, 0] / stats[i, 1])
-                rec[f"{u.name}_accuracy"] = float(stats[i, 2] / stats[i, 1])
-            rec[f"{u.name}_active"] = float(last["objective_weights"][i])
-            if u.task != "mlm":
-                rec[f"{u.name}_learning_rate"] = float(self.schedules[u.head](step - 1))
-        if self.setup.settings.vocab_kind != "none":
-            pace = float(last["vocab_pace"])
-            rec["vocab_pace"] = pace
-            rec["vocab_allowed_fraction"] = float(vocabulary.allowed_vocab_fraction(
-                self.setup.settings.vocab_kind, pace, self.setup.model.vocab_size))
-            rec["unk_fraction"] = float(sum(m["unk_replaced"] for m in fetched) / max(sum(m["real_tokens"] for m in fetched), 1))
-        if self.config.data_curriculum.scorer != "none":
-            rec["data_fraction"] = float(last["data_fraction"])
-            src = np.concatenate([h["source_ids"] for h in host_info])
-            counts = np.bincount(src, minlength=len(self.data.sources)) / max(len(src), 1)
-            rec["source_mix"] = {name: float(counts[i]) for i, name in enumerate(self.data.sources)}
-            if self.sampler.scores is not None:
-                idx = np.concatenate([h["index"] for h in host_info])
-                rec["batch_difficulty"] = float(np.mean(self.sampler.scores[idx]))
-        rec["train_step_compiles"] = self.counter.count(TRAIN_STEP_NAME)
-        return rec
-
-    def _evaluate(self, state, step: int) -> dict | None:
-        if not self.primary and jax.process_count() > 1:
-            pass  # every process takes part in the computation; only process 0 writes
-        params = jax.device_get(state.params)
-        result = run_evaluation(params, self.setup, self.data, self.config, step)
-        if self.primary:
-            write_json(self.workdir / "eval" / f"step_{step:06d}.json", result)
-        blimp = result.get("blimp", {}).get("overall")
-        print(f"step {step}: BLiMP {blimp if blimp is None else round(blimp, 4)}"
-              + (f", pseudo-perplexity {result['perplexity'].get('pseudo_perplexity'):.2f}" if "perplexity" in result else ""),
-              flush=True)
-        return result
-
-    # -- the run -----------------------------------------------------------------------------
     def run(self) -> dict:
-        lock = WorkdirLock(self.workdir).acquire() if is_local(self.workdir) and self.primary else None
+        """{step, stop_reason ('done', 'stop_at', 'preempted' or 'interrupted'), state (the final train
+        state), eval (the final evaluation, or None), train_step_compiles, best_step}. A diverged loss
+        raises `TrainingDiverged`."""
+        local = workdir_lib.is_local(self.workdir) and self.primary
+        lock = workdir_lib.WorkdirLock(self.workdir).acquire() if local else None
         try:
-            with self.counter, _Preemption() as preempt:
-                return self._run(preempt)
+            with self.counter, self.signals:
+                return self._run()
         finally:
+            self.checkpointer.close()  # waits for the last (asynchronous) save
+            self.metrics.close()
+            self.selection.close()
             if lock is not None:
                 lock.release()
 
-    def _run(self, preempt: _Preemption) -> dict:
-        c = self.config
-        self._prepare()
+    def _run(self) -> dict:
+        total = self.config.trainer.total_steps
         state, start = self._init_or_restore()
         self._write_run_files()
-        total = c.trainer.total_steps
-        step_fn = self.setup.train_step()
-        step_fn.__name__ = TRAIN_STEP_NAME
-        p_step = jax.jit(step_fn, in_shardings=(self.state_sharding, self.batch_sharding),
-                         out_shardings=(self.state_sharding, None), donate_argnums=0)
-        if c.data_curriculum.scorer == "self_perplexity":
-            self._score_fn = jax.jit(make_score_fn(self.setup.model, c.trainer.mask_probability))
-        pipeline = InputPipeline(self.data.train, self.sampler, prefetch=c.data.prefetch)
-        last_eval = None
-        bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not (self.progress and self.primary),
-                   dynamic_ncols=True)
-        pending, host_info = getattr(self, "_restored_pending", ([], []))
-        t0, steps_done = time.perf_counter(), 0
-        step = start
+        final = read_finished(self.evaluator.path(total)) if self.config.eval.at_end else None
+        complete = start == total and (final is not None or not self.config.eval.at_end)
+        if start and not complete:
+            self._say(f"resuming from the checkpoint at step {start}")
+        state, step, reason = self._train(state, start)
+        self.checkpointer.wait()  # the last save is on disk before anything else can fail or be killed
+        evaluation = final
+        if reason == "done" and self.config.eval.at_end and final is None:
+            evaluation = self._evaluate(self.selection.final_params(state.params, self.compiled.abstract_state.params),
+                                        total, extra={"selection": self.selection.record()})
+        if complete:
+            self._say(report.complete(self.workdir, total, self.metrics.path, self.metrics.read(), evaluation,
+                                      self.evaluator.path(total) if evaluation else None))
+        elif reason in ("preempted", "interrupted"):
+            self._say(report.stopped(reason, step, start))
+        return {"step": step, "stop_reason": reason, "state": state, "eval": evaluation,
+                "train_step_compiles": self.counter.count(TRAIN_STEP_NAME), "best_step": self.selection.best_step}
+
+    def _stop_reason(self, step: int) -> str | None:
+        if step >= self.config.trainer.total_steps:
+            return "done"
+        return self.signals.reason or ("stop_at" if self.stop_at is not None and step >= self.stop_at else None)
+
+    def _train(self, state, step: int):
+        """Steps until there is a stop reason; returns (state, step, reason)."""
+        total = self.config.trainer.total_steps
+        pipeline = InputPipeline(self.data.train, self.sampler, prefetch=self.config.data.prefetch)
+        inflight: collections.deque = collections.deque()  # losses of the steps dispatched, not yet waited for
+        self.clock = (time.perf_counter(), step)
+        reason = self._stop_reason(step)
+        if reason is None:
+            self.progress.start(step)
         try:
-            while step < total:
-                segment_end = total
-                if c.data_curriculum.scorer == "self_perplexity":
-                    upd = c.data_curriculum.update_every
-                    if step > 0 and step % upd == 0 and self.sampler.version < step // upd:
-                        self._rescore(state, step)
-                    segment_end = min(total, (step // upd + 1) * upd)
-                for step_idx, batch in pipeline.iterate(step, segment_end):
-                    host_info.append({"source_ids": batch["source_ids"], "index": batch["index"]})
-                    device_batch = mesh_lib.global_batch(
-                        {"input_ids": batch["input_ids"], "pos_ids": batch["pos_ids"]}, self.batch_sharding)
-                    state, metrics = p_step(state, device_batch)
-                    pending.append(metrics)
-                    steps_done += 1
-                    step = step_idx + 1
-                    bar.update(1)
-                    is_last = step == total
-                    # Not on preemption: the checkpoint carries the interval's pending metrics, so the resumed run
-                    # writes the same log lines as an uninterrupted one.
-                    if step % c.trainer.log_every == 0 or is_last:
-                        rec = self._log_record(step, pending, t0, steps_done, host_info)
-                        if not math.isfinite(rec["loss"]) or not math.isfinite(rec["grad_norm"]):
-                            raise TrainingDiverged(
-                                f"the loss became {rec['loss']} (gradient norm {rec['grad_norm']}) by step {step}; "
-                                "training stopped. The last good checkpoint is kept; lower trainer.lr or check the "
-                                "data, then rerun (it resumes from that checkpoint)."
-                            )
-                        self.metrics.write(rec)
-                        bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
-                        pending, host_info = [], []
-                        t0, steps_done = time.perf_counter(), 0
-                    if step % c.trainer.checkpoint_every == 0 or is_last or preempt.requested:
-                        if pending:  # never save a state whose last loss was not looked at
-                            loss = float(jax.device_get(pending[-1]["loss"]))
-                            if not math.isfinite(loss):
-                                raise TrainingDiverged(
-                                    f"the loss became {loss} at step {step}; training stopped before saving. The last "
-                                    "good checkpoint is kept; lower trainer.lr or check the data, then rerun.")
-                        self._save(state, step, pending, host_info)
-                    if self.stop_at is not None and step >= self.stop_at and not is_last:
-                        if step % c.trainer.checkpoint_every:
-                            self._save(state, step, pending, host_info)
-                        self.checkpointer.wait()
-                        pipeline.close()
-                        self.final_state = state
-                        return {"step": step, "stopped": True}
-                    if preempt.requested:
-                        self.checkpointer.wait()
-                        print(f"SIGTERM received: saved a checkpoint at step {step}; rerun the same command to "
-                              "resume.", flush=True)
-                        pipeline.close()
-                        return {"step": step, "preempted": True}
-                    if c.trainer.eval_every and step % c.trainer.eval_every == 0 and not is_last:
-                        last_eval = self._evaluate(state, step)
-                        t0, steps_done = time.perf_counter(), 0
-                pipeline.close()
+            while reason is None:
+                self.curriculum.maybe_rescore(state.params, step, self.sampler)
+                for index, batch in pipeline.iterate(step, self.curriculum.segment_end(step, total)):
+                    device_batch = mesh_lib.global_batch({k: batch[k] for k in ("input_ids", "pos_ids")},
+                                                         self.compiled.batch_sharding)
+                    state, metrics = self.compiled.step(state, device_batch)
+                    step = index + 1
+                    self.pending.append(metrics)
+                    self.host_info.append({k: batch[k] for k in ("source_ids", "index", "data_fraction", "data_pace")})
+                    inflight.append(metrics["loss"])
+                    if len(inflight) > DISPATCH_AHEAD:
+                        inflight.popleft().block_until_ready()
+                        self.progress.computed(step - len(inflight))
+                    reason = self._after_step(state, step)
+                    if reason is not None:
+                        break
         finally:
             pipeline.close()
-            bar.close()
-            self.checkpointer.wait()
-        if c.eval.at_end:
-            eval_path = self.workdir / "eval" / f"step_{total:06d}.json"
-            if eval_path.exists():
-                last_eval = json.loads(eval_path.read_text())
-            else:
-                last_eval = self._evaluate(state, total)
-        self.checkpointer.close()
-        self.final_state = state
-        return {"step": total, "eval": last_eval, "train_step_compiles": self.counter.count(TRAIN_STEP_NAME)}
+            self.progress.close()
+        return state, step, reason
+
+    def _after_step(self, state, step: int) -> str | None:
+        """Logs, measures dev perplexity, saves and evaluates as scheduled at `step`; the stop reason."""
+        t = self.config.trainer
+        if step % t.log_every == 0 or step == t.total_steps:
+            self._log(step)
+        dev = self.selection.measure(step, state.params, self.evaluator)
+        if dev is not None:
+            self._say(f"step {step}: dev pseudo-perplexity {dev['mean']:.2f} (std {dev['std']:.2f})")
+            self.metrics.write_eval(step, {"dev_perplexity": dev})
+        reason = self._stop_reason(step)
+        if step % t.checkpoint_every == 0 or reason is not None:
+            self._save(state, step)
+        if reason is None and t.eval_every and step % t.eval_every == 0:
+            self._evaluate(state.params, step)
+            self.clock = (time.perf_counter(), step)
+        return reason
+
+    def _init_or_restore(self):
+        found = self.checkpointer.restore_latest(self.compiled.abstract_state)
+        if found is None:
+            old = self.metrics.set_aside()  # lines of an earlier attempt killed before its first checkpoint
+            if old:
+                self._say(f"no checkpoint to resume from: the earlier metrics log was moved to {old}")
+            return self.compiled.init(), 0
+        state, meta, host, step = found
+        self.pending = from_lists(meta.get("pending_metrics", []))
+        self.host_info = from_lists(meta.get("pending_host", []))
+        self.selection.history = list(meta.get("selection", []))
+        self.sampler.load_state_dict({"meta": meta.get("sampler", {}), "scores": (host or {}).get("scores")})
+        self.metrics.truncate_after(step)
+        return state, step
+
+    def _write_run_files(self) -> None:
+        """config.json (with the command line and code version) and the run's own tokenizer copy, for
+        evaluation and export without the data cache. Written only once the checkpoints are known to fit
+        this config, so a rerun with mistaken settings never overwrites the record of the run it refused."""
+        if self.primary:
+            record = dict(json.loads(self.config.to_json_best_effort()), provenance=workdir_lib.provenance())
+            workdir_lib.write_json(self.workdir / "config.json", record)
+            self.data.tokenizer.save_pretrained(str(self.workdir / "tokenizer"))
+
+    def _save(self, state, step: int) -> None:
+        """Saves the state with the sampler and the not-yet-logged metrics of the current log interval, so
+        a run resumed between two log steps writes the same log line as an uninterrupted one."""
+        if self.pending and not math.isfinite(loss := float(jax.device_get(self.pending[-1]["loss"]))):
+            raise _diverged(f"{loss}", step)  # never save a state whose last loss was not looked at
+        sampler = self.sampler.state_dict()
+        rescored = self.curriculum.rescoring and sampler.get("scores") is not None
+        meta = {"step": step, "sampler": sampler["meta"], "data_fingerprint": self.data.fingerprint,
+                "pending_metrics": to_lists(jax.device_get(self.pending)), "pending_host": to_lists(self.host_info),
+                "selection": self.selection.history}
+        self.checkpointer.save(step, state, meta, {"scores": sampler["scores"]} if rescored else None)
+
+    def _log(self, step: int) -> None:
+        c = self.config
+        rec = report.log_record(step, jax.device_get(self.pending), self.host_info, setup=self.setup,
+                                sampler=self.sampler, sources=self.data.sources,
+                                tokens_per_step=c.trainer.batch_size * c.data.seq_len,
+                                seconds=time.perf_counter() - self.clock[0], steps=step - self.clock[1])
+        if not math.isfinite(rec["loss"]) or not math.isfinite(rec["grad_norm"]):
+            raise _diverged(f"{rec['loss']} (gradient norm {rec['grad_norm']})", step)
+        rec["train_step_compiles"] = self.counter.count(TRAIN_STEP_NAME)
+        self.metrics.write(rec)
+        self.progress.log(rec)
+        self.pending, self.host_info = [], []
+        self.clock = (time.perf_counter(), step)
+
+    def _evaluate(self, params, step: int, extra: dict | None = None) -> dict:
+        result = self.evaluator.evaluate(params, step, extra=extra)
+        self.metrics.write_eval(step, result)
+        return result
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str, *, progress: bool = True,
                        stop_at: int | None = None) -> dict:
-    return Trainer(config, workdir, progress=progress, stop_at=stop_at).run()
+    """The command line's entry: the stop signals are handled from before the data is prepared."""
+    with StopSignals() as signals:
+        return Trainer(config, workdir, progress=progress, stop_at=stop_at, signals=signals).run()

@@ -6,10 +6,10 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
-import numpy as np
 from ml_collections import ConfigDict
 
-from climb_jax.curriculum import objectives, pacing
+from climb_jax import config_lib
+from climb_jax.curriculum import objectives
 from climb_jax.models.roberta import RobertaConfig
 from climb_jax.train import optim
 from climb_jax.train.state import TrainState, create_train_state
@@ -36,32 +36,17 @@ class RunSetup:
     units: tuple[objectives.Unit, ...]
     settings: StepSettings
     txs: dict
-    token_rank: np.ndarray
 
     @classmethod
-    def from_config(cls, config: ConfigDict, vocab_size: int, token_rank: np.ndarray) -> "RunSetup":
-        model = RobertaConfig.from_config(config.model, vocab_size)
-        units = objectives.validate_units(config.objective_curriculum.units)
-        t = config.trainer
-        vc, dc = config.vocab_curriculum, config.data_curriculum
-        settings = StepSettings(
-            model=model,
-            units=units,
-            total_steps=int(t.total_steps),
-            mask_probability=float(t.mask_probability),
-            random_probability=float(t.random_token_probability),
-            unmask_probability=float(t.unmask_probability),
-            max_grad_norm=float(t.max_grad_norm),
-            vocab_kind=vc.kind,
-            vocab_pacing=pacing.PacingParams.from_config(vc.pacing) if vc.kind != "none" else None,
-            unk_targets=vc.unk_targets,
-            data_pacing=pacing.PacingParams.from_config(dc.pacing) if dc.scorer != "none" else None,
-        )
-        txs = optim.make_optimizers(t, units)
-        return cls(config, model, units, settings, txs, np.asarray(token_rank, np.int32))
+    def from_config(cls, config: ConfigDict, vocab_size: int, parsed: config_lib.Parsed | None = None) -> "RunSetup":
+        """`parsed` is `config_lib.validate(config)` (computed here when not given)."""
+        parsed = parsed or config_lib.validate(config)
+        model = dataclasses.replace(parsed.model, vocab_size=int(vocab_size))
+        settings = StepSettings.from_config(config, model, parsed.units)
+        return cls(config, model, parsed.units, settings, optim.make_optimizers(config.trainer, parsed.units))
 
     def init_state(self, seed: int) -> TrainState:
-        return create_train_state(jax.random.PRNGKey(seed), self.model, self.units, self.txs, self.token_rank)
+        return create_train_state(jax.random.PRNGKey(seed), self.model, self.units, self.txs)
 
     def abstract_state(self, sharding=None):
         """The state's shapes and dtypes (with `sharding` on every leaf when given), for orbax restores."""
@@ -77,10 +62,11 @@ class RunSetup:
     def train_step(self):
         return make_train_step(self.settings, self.txs)
 
-    def compile(self, mesh, seed: int | None = None) -> Compiled:
+    def compile(self, mesh, seed: int | None = None, name: str = TRAIN_STEP_NAME) -> Compiled:
         """The one place the jit wiring lives (mesh -> shardings -> jit(init) -> jit(step)), used by the
         training loop, the benchmarks and the ahead-of-time compiler alike, so what is measured or
-        compiled for a TPU is exactly what trains."""
+        compiled for a TPU is exactly what trains. `name` is the step's name as compile counters see it
+        (a benchmark compiling several configurations gives each its own)."""
         from climb_jax.parallel import mesh as mesh_lib
 
         seed = self.config.seed if seed is None else seed
@@ -88,7 +74,7 @@ class RunSetup:
         batch_sharding = mesh_lib.batch_sharding(mesh)
         init = jax.jit(lambda: self.init_state(seed), out_shardings=state_sharding)
         step_fn = self.train_step()
-        step_fn.__name__ = TRAIN_STEP_NAME
+        step_fn.__name__ = name
         step = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding),
                        out_shardings=(state_sharding, None), donate_argnums=0)
         return Compiled(init=init, step=step, state_sharding=state_sharding, batch_sharding=batch_sharding,

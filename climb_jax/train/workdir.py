@@ -1,16 +1,24 @@
-"""The run directory: an exclusive lock, the metrics log and JSON outputs.
+"""The run directory: an exclusive lock, the metrics log (JSON lines and TensorBoard events), JSON outputs
+and the run's provenance.
 
 Only process 0 writes files here (orbax coordinates the checkpoints of all processes itself). Paths go
-through `etils.epath`, so a `gs://` workdir works like a local one.
+through `etils.epath`, so a `gs://` workdir works like a local one (TensorBoard events are written for
+local workdirs only).
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import math
 import os
-from typing import Any
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 from etils import epath
@@ -82,15 +90,114 @@ def write_json(path, obj) -> None:
         path.write_text(text)
 
 
-class MetricsLog:
-    """`metrics.jsonl`: one JSON object per log step. On resume, lines past the restored step are
-    dropped, so a resumed run's log equals an uninterrupted one's."""
+def provenance() -> dict:
+    """Where a run came from, for its config.json: the command line, the working directory, the project's
+    git commit (and whether the checkout had uncommitted changes) when it is a git checkout, and the
+    versions that decide the numbers."""
+    import platform
 
-    def __init__(self, path, enabled: bool = True):
+    import jax
+
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    module = getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", None)
+    command = ["python", "-m", module, *sys.argv[1:]] if module else ["python", *sys.argv]
+    return {
+        "command": shlex.join(command),
+        "cwd": os.getcwd(),
+        "git_commit": commit,
+        "git_dirty": bool(status) if status is not None else None,
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+    }
+
+
+def _scalars(tree: Mapping, prefix: str) -> dict[str, float]:
+    """Every number in a nested dict, by slash-joined path (TensorBoard groups tags by their first
+    segment); strings and lists are skipped."""
+    out = {}
+    for key, value in tree.items():
+        tag = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(_scalars(value, tag))
+        elif isinstance(value, (bool, int, float, np.integer, np.floating)) or (
+                isinstance(value, np.ndarray) and value.ndim == 0):
+            out[tag] = float(value)
+    return out
+
+
+def _import_tensorboardx():
+    """tensorboardX's writer (no TensorFlow). It imports torch when torch is installed, only to accept torch
+    tensors, which we never pass: a training process would pay seconds and hundreds of MB for it, so the
+    import runs with torch hidden (unless torch is already loaded)."""
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # makes `import torch` raise ImportError
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if hide and sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+    return SummaryWriter
+
+
+class MetricsLog:
+    """`metrics.jsonl`: one JSON object per log step, and the same numbers as TensorBoard event files in the
+    same folder (so `tensorboard --logdir` over a sweep folder compares its runs live).
+
+    On resume, lines past the restored step are dropped, so a resumed run's log equals an uninterrupted
+    one's; the event file opened by the resumed run tells TensorBoard to discard the earlier attempt's
+    events past that step (`purge_step`).
+
+    TensorBoard tags: a log record's numbers under `train/` (`train/loss`, `train/vocab_pace`, ...), its
+    nested dicts as their own groups (`learning_rates/encoder`, `source_mix/aochildes`), and evaluation
+    results under `eval/` (`eval/blimp/overall`, ...)."""
+
+    def __init__(self, path, enabled: bool = True, tensorboard: bool = True):
         self.path = epath.Path(path)
         self.enabled = enabled
+        self.tensorboard = tensorboard and enabled and is_local(self.path)
+        self._writer = None
+        self._purge_step: int | None = None
+
+    def _events(self):
+        """The event writer, opened at the first write (a run that writes nothing leaves no event file)."""
+        if not self.tensorboard:
+            return None
+        if self._writer is None:
+            try:
+                summary_writer = _import_tensorboardx()
+            except ImportError:
+                logging.warning("tensorboardX is not installed: no TensorBoard event files (metrics.jsonl is "
+                                "written as usual); pip install tensorboardX")
+                self.tensorboard = False
+                return None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # The file name holds the second it was opened; the suffix (nanoseconds within that second) keeps
+            # two writers of one second (a rerun right after a crash) apart and in order.
+            self._writer = summary_writer(str(self.path.parent), purge_step=self._purge_step, flush_secs=30,
+                                          filename_suffix=f".{time.time_ns() % 10**9:09d}")
+        return self._writer
+
+    def _add(self, scalars: dict[str, float], step: int) -> None:
+        writer = self._events()
+        if writer is None:
+            return
+        for tag, value in scalars.items():
+            writer.add_scalar(tag, value, global_step=int(step))
+        writer.flush()  # a killed run keeps every event up to its last log step
 
     def truncate_after(self, step: int) -> None:
+        self._purge_step = step + 1
         if not self.enabled or not self.path.exists():
             return
         kept = []
@@ -113,9 +220,11 @@ class MetricsLog:
 
     def set_aside(self) -> str | None:
         """Renames a log that a run starting from step 0 would otherwise extend (lines of an attempt killed
-        before its first checkpoint, or of a run whose checkpoints were moved away): kept, never mixed in."""
+        before its first checkpoint, or of a run whose checkpoints were moved away): kept, never mixed in.
+        TensorBoard is told to hide that attempt's events (their files stay)."""
         if not self.enabled or not self.path.exists() or not self.path.read_text().strip():
             return None
+        self._purge_step = 0
         n = 1
         while (dest := self.path.parent / f"{self.path.name}.old-{n}").exists():
             n += 1
@@ -123,6 +232,7 @@ class MetricsLog:
         return str(dest)
 
     def write(self, record: dict) -> None:
+        """One log step's record (it has a `step`)."""
         if not self.enabled:
             return
         line = json.dumps(to_jsonable(record), sort_keys=True) + "\n"
@@ -133,6 +243,26 @@ class MetricsLog:
         else:
             text = self.path.read_text() if self.path.exists() else ""
             self.path.write_text(text + line)
+        flat = {k: v for k, v in record.items() if k != "step" and not isinstance(v, Mapping)}
+        nested = {k: v for k, v in record.items() if isinstance(v, Mapping)}
+        self._add({**_scalars(flat, "train"), **_scalars(nested, "")}, record["step"])
+
+    def write_eval(self, step: int, result: Mapping) -> None:
+        """An evaluation's numbers (the dict written to eval/step_XXXXXX.json) as TensorBoard scalars; the
+        JSON file stays the record."""
+        if self.enabled:
+            self._add(_scalars(result, "eval"), step)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> "MetricsLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def read(self) -> list[dict]:
         if not self.path.exists():
