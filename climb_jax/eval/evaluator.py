@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from typing import Any
 
@@ -30,7 +31,7 @@ from transformers import PreTrainedTokenizerBase
 from climb_jax.errors import ClimbError
 from climb_jax.eval import perplexity as ppl_lib
 from climb_jax.eval.blimp import BlimpEvaluator, blimp_average
-from climb_jax.eval.progress import Progress
+from climb_jax.eval.progress import Progress, is_terminal
 from climb_jax.eval.suites import load_suite
 from climb_jax.models.roberta import RobertaConfig
 from climb_jax.train.workdir import write_json
@@ -193,8 +194,9 @@ class Evaluator:
         if self._selection_plan is None:
             self._selection_plan = self.scorer.plan(ppl_lib.dev_rows(self.dev[self.selection_rows], 0,
                                                                      "dev_perplexity"))
-        with Progress(len(self._selection_plan.batches), "dev perplexity", enabled=self.progress and self.primary,
-                      stream=None) as bar:
+        # A bar on a terminal only: the loop prints one line per measurement, which is what a log file needs.
+        show = self.progress and self.primary and is_terminal(sys.stdout)
+        with Progress(len(self._selection_plan.batches), "dev perplexity", enabled=show, stream=None) as bar:
             _, result = self.scorer.run(params, self._selection_plan, progress=bar)
         rows = ppl_lib.row_perplexities(result)
         return {

@@ -37,7 +37,7 @@ class Progress:
         self._start = time.perf_counter()
         if not self.enabled:
             return
-        if _is_terminal(self.stream) and _is_terminal(sys.stdout):  # a log file gets plain lines
+        if is_terminal(self.stream) and is_terminal(sys.stdout):  # a log file gets plain lines
             self._bar = tqdm(total=self.total, desc=desc, unit=unit, file=self.stream, dynamic_ncols=True,
                              leave=False)
         else:
@@ -72,7 +72,7 @@ class Progress:
         self.close()
 
 
-def _is_terminal(stream) -> bool:
+def is_terminal(stream) -> bool:
     isatty = getattr(stream, "isatty", None)
     try:
         return bool(isatty and isatty())
