@@ -14,6 +14,7 @@ samples and never holds the corpus in memory.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import time
 from pathlib import Path
@@ -95,6 +96,16 @@ def _open(directory: Path, manifest: dict, key: str) -> PreparedData:
         token_counts=np.load(directory / "token_counts.npy", mmap_mode="r"),
         manifest=manifest, fingerprint=key,
     )
+
+
+def cache_dir_for(data_cfg, workdir) -> str:
+    """Where a run's prepared data lives: `data.cache_dir`, else `<workdir>/cache` for a local workdir,
+    else a per-user folder (memory-mapped arrays need a local disk, not a bucket)."""
+    if data_cfg.cache_dir:
+        return data_cfg.cache_dir
+    if "://" not in str(workdir):
+        return os.path.join(str(workdir), "cache")
+    return os.path.join(os.path.expanduser("~"), ".cache", "climb_jax")
 
 
 def prepare_data(data_cfg, cache_dir, *, progress: bool = True) -> PreparedData:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import json
 import math
-import os
 import time
 
 import jax
@@ -23,7 +22,7 @@ from ml_collections import ConfigDict
 
 from climb_jax import config_lib
 from climb_jax.curriculum.data_curriculum import DataCurriculum, check_corpus_sources
-from climb_jax.data.dataset import prepare_data
+from climb_jax.data.dataset import cache_dir_for, prepare_data
 from climb_jax.data.pipeline import InputPipeline
 from climb_jax.data.sampler import BatchSampler
 from climb_jax.errors import TrainingDiverged
@@ -49,14 +48,6 @@ def _diverged(loss: str, step: int) -> TrainingDiverged:
                             "kept; lower trainer.lr or check the data, then rerun (it resumes from that checkpoint).")
 
 
-def default_cache_dir(config: ConfigDict, workdir) -> str:
-    if config.data.cache_dir:
-        return config.data.cache_dir
-    if workdir_lib.is_local(workdir):
-        return os.path.join(str(workdir), "cache")
-    return os.path.join(os.path.expanduser("~"), ".cache", "climb_jax")
-
-
 class Trainer:
     """One run in one workdir. Building it prepares the data and every part of the run; `run()` trains
     (or resumes) to `trainer.total_steps` and evaluates."""
@@ -80,7 +71,7 @@ class Trainer:
         device = jax.devices()[0]
         self._say(f"devices: {jax.device_count()} x {device.platform} ({device.device_kind}), mesh "
                   f"{dict(self.mesh.shape)}, processes {jax.process_count()}")
-        self.data = prepare_data(c.data, epath.Path(default_cache_dir(c, self.workdir)),
+        self.data = prepare_data(c.data, epath.Path(cache_dir_for(c.data, self.workdir)),
                                  progress=progress and self.primary)
         self.setup = RunSetup.from_config(c, vocab_size=len(self.data.tokenizer), parsed=parsed)
         for line in report.describe(c, self.data, self.setup.model):
