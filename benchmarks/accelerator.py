@@ -92,20 +92,12 @@ def torch_step(model_cfg, params, trainer_cfg, device: str, bf16: bool):
             inputs = torch.where(replaced, torch.full_like(ids, MASK_ID), ids)
             return torch.where(rand, words, inputs), labels
 
-        def run(self, steps):
-            out = None
-            for _ in range(steps):
-                inputs, labels = self.mask(self.batch)
-                with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
-                    out = self.model(input_ids=inputs, attention_mask=torch.ones_like(inputs), labels=labels)
-                out.loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
-                self.opt.step()
-                self.sched.step()
-                self.opt.zero_grad(set_to_none=True)
+        def forward_context(self):
+            return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16)
+
+        def synchronize(self):
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
-            self.last_loss = float(out.loss.detach())
 
     return DeviceTorchStep()
 

@@ -170,16 +170,27 @@ class TorchStep:
         inputs[rand] = words[rand]
         return inputs, labels
 
+    def forward_context(self):
+        """Around each forward pass: nothing on CPU; `benchmarks/accelerator.py` puts autocast here."""
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def synchronize(self) -> None:
+        """After the timed steps: nothing on CPU (the work is done when `run` returns)."""
+
     def run(self, steps: int) -> None:
         torch = self.torch
         for _ in range(steps):
             inputs, labels = self.mask(self.batch)
-            out = self.model(input_ids=inputs, attention_mask=torch.ones_like(inputs), labels=labels)
+            with self.forward_context():
+                out = self.model(input_ids=inputs, attention_mask=torch.ones_like(inputs), labels=labels)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
             self.opt.step()
             self.sched.step()
             self.opt.zero_grad(set_to_none=True)
+        self.synchronize()
         self.last_loss = float(out.loss.detach())
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
