@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import json
 import math
+import sys
 import time
 
 import jax
@@ -71,8 +72,9 @@ class Trainer:
         device = jax.devices()[0]
         self._say(f"devices: {jax.device_count()} x {device.platform} ({device.device_kind}), mesh "
                   f"{dict(self.mesh.shape)}, processes {jax.process_count()}")
+        # Data preparation's bars are carriage-return lines: on a terminal only, never in a log file.
         self.data = prepare_data(c.data, epath.Path(cache_dir_for(c.data, self.workdir)),
-                                 progress=progress and self.primary)
+                                 progress=progress and self.primary and sys.stdout.isatty())
         self.setup = RunSetup.from_config(c, vocab_size=len(self.data.tokenizer), parsed=parsed)
         for line in report.describe(c, self.data, self.setup.model):
             self._say(line)
