@@ -2,7 +2,7 @@
 
 Both self-perplexity estimators are checked against a direct computation with the full masked-LM
 model (every position's logits, one masked copy at a time), on a mesh of several CPU devices when the
-session has them; the schedule against its closed form; re-scoring against an exact resume.
+test process has them; the schedule against its closed form; re-scoring against an exact resume.
 """
 
 import math
