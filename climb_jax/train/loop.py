@@ -28,6 +28,7 @@ from climb_jax.data.pipeline import InputPipeline
 from climb_jax.data.sampler import BatchSampler
 from climb_jax.errors import TrainingDiverged
 from climb_jax.eval.evaluator import Evaluator, check_suites, evaluates, read_finished
+from climb_jax.eval.progress import is_terminal
 from climb_jax.parallel import mesh as mesh_lib
 from climb_jax.train import report
 from climb_jax.train import workdir as workdir_lib
@@ -74,7 +75,7 @@ class Trainer:
                   f"{dict(self.mesh.shape)}, processes {jax.process_count()}")
         # Data preparation's bars are carriage-return lines: on a terminal only, never in a log file.
         self.data = prepare_data(c.data, epath.Path(cache_dir_for(c.data, self.workdir)),
-                                 progress=progress and self.primary and sys.stdout.isatty())
+                                 progress=progress and self.primary and is_terminal(sys.stdout))
         self.setup = RunSetup.from_config(c, vocab_size=len(self.data.tokenizer), parsed=parsed)
         for line in report.describe(c, self.data, self.setup.model):
             self._say(line)

@@ -8,6 +8,7 @@ import numpy as np
 from tqdm import tqdm
 
 from climb_jax.curriculum import vocabulary
+from climb_jax.eval.progress import is_terminal
 
 
 def describe(config, data, model) -> list[str]:
@@ -82,7 +83,7 @@ class Progress:
         self.enabled, self.total, self.bar = enabled, total, None
 
     def start(self, step: int) -> None:
-        if self.enabled and sys.stdout.isatty():
+        if self.enabled and is_terminal(sys.stdout):
             self.bar = tqdm(total=self.total, initial=step, desc="train", unit="step", dynamic_ncols=True)
 
     def computed(self, step: int) -> None:
