@@ -26,6 +26,7 @@ import json
 import sys
 from typing import Sequence
 
+from climb_jax import uri
 from climb_jax.choices import EMBEDDED_SUITE, EVAL_METHODS
 from climb_jax.errors import ClimbError, print_error
 
@@ -148,7 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from climb_jax.eval.suites import resolve_suite_dir
 
-        if "://" not in args.workdir and not Path(args.workdir).is_dir():
+        uri.check(args.workdir, "--workdir")
+        if not uri.is_uri(args.workdir) and not Path(args.workdir).is_dir():
             raise ClimbError(f"--workdir {args.workdir} does not exist; pass a run directory written by "
                              "`python -m climb_jax.main`.")
         _check_limits(args)

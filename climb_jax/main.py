@@ -15,7 +15,7 @@ import textwrap
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from climb_jax import choices, config_lib
+from climb_jax import choices, config_lib, uri
 from climb_jax.errors import ClimbError, ConfigError, print_error
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/vanilla.py:smoke.",
@@ -77,6 +77,7 @@ def run(argv) -> None:
     if not _WORKDIR.value:
         raise ClimbError("--workdir is required: the directory the run writes to (and resumes from).")
     workdir = _WORKDIR.value
+    uri.check(workdir, "--workdir")  # a missing gcsfs or a wrong bucket, before any work is done
     finetune = config.get("mode", "pretrain") == "finetune"
     parsed = None if finetune else config_lib.validate(config, for_run=True)
     if "mesh" in config and "distributed" in config:
@@ -127,7 +128,6 @@ def _plot(config, parsed, workdir) -> None:
     try:
         from climb_jax.curriculum.plot import plot_curricula
 
-        os.makedirs(workdir, exist_ok=True) if "://" not in workdir else None
         plot_curricula(config, os.path.join(workdir, "curricula.png"), parsed=parsed)
     except ClimbError:
         raise

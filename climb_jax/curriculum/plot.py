@@ -9,9 +9,9 @@ It reads only the config: no data or model is needed, so it runs in a second bef
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
+from etils import epath
 from ml_collections import ConfigDict
 
 from climb_jax import config_lib
@@ -51,7 +51,7 @@ def _unit_windows(config: ConfigDict) -> list[tuple[str, float, float]]:
 
 
 def plot_curricula(config: ConfigDict, out_png: str | os.PathLike, vocab_size: int | None = None,
-                   parsed=None) -> Path:
+                   parsed=None) -> epath.Path:
     """Draws the config's curricula over training steps to `out_png` (matplotlib, Agg canvas); returns the path."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -87,7 +87,8 @@ def plot_curricula(config: ConfigDict, out_png: str | os.PathLike, vocab_size: i
         ux.grid(alpha=0.3, axis="x")
     axes[-1, 0].set_xlabel("training step")
     fig.tight_layout()
-    out = Path(out_png)
+    out = epath.Path(out_png)  # a gs:// workdir too
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    with out.open("wb") as f:
+        fig.savefig(f, format="png", dpi=110)
     return out

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from absl import logging
 
-from climb_jax import choices
+from climb_jax import choices, uri
 from climb_jax.errors import DataError
 
 SPLITS = ("train", "dev", "test")
@@ -347,7 +347,7 @@ def apply_word_budget(sources: list[Source], max_words: int, opts: ReadOptions,
 
 def remote_uri(spec: str) -> bool:
     """`gs://...`, `s3://...`: a location only `etils.epath` can read (not `hf:` nor a local path)."""
-    return "://" in spec and not spec.startswith(choices.HF_CORPUS_PREFIX)
+    return uri.is_uri(spec) and not spec.startswith(choices.HF_CORPUS_PREFIX)
 
 
 def find_corpus(data_cfg) -> Corpus:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from climb_jax import uri
 from climb_jax.data import build as build_lib, cache, corpus as corpus_lib, packing, pos as pos_lib, remote
 from climb_jax.data import tokenizer as tok_lib
 from climb_jax.data.build import ARRAYS, MODEL_MAX_LENGTH
@@ -103,7 +104,7 @@ def cache_dir_for(data_cfg, workdir) -> str:
     else a per-user folder (memory-mapped arrays need a local disk, not a bucket)."""
     if data_cfg.cache_dir:
         return data_cfg.cache_dir
-    if "://" not in str(workdir):
+    if not uri.is_uri(workdir):
         return os.path.join(str(workdir), "cache")
     return os.path.join(os.path.expanduser("~"), ".cache", "climb_jax")
 

@@ -6,7 +6,7 @@ over the text (word budgets, BPE, tokenize + tag) all stay local, and a multi-ho
 copy. The copy is re-used while the remote listing (every file's relative path and size) is unchanged;
 it is written into a temporary folder and published with one rename, under the cache's per-host lock,
 so concurrent processes on one host copy it once. Only `etils.epath` calls touch the source, so the
-same code serves a local folder (the tests) and a bucket (which needs the `gcsfs` package).
+same code serves a local folder (the tests) and a bucket (`climb_jax.uri` checks it first).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from absl import logging
 from etils import epath
 from tqdm.auto import tqdm
 
+from climb_jax import uri
 from climb_jax.data import cache
 from climb_jax.errors import DataError
 
@@ -30,13 +31,13 @@ _BLOCK = 8 << 20
 
 def open_uri(spec: str) -> epath.Path:
     """The `etils.epath` path of a corpus URI, or a `DataError` that says what is wrong with it."""
+    uri.check(spec, "data.corpus", DataError)
     try:
         path = epath.Path(spec)
         is_dir = path.is_dir()
-    except Exception as e:  # noqa: BLE001 - an unknown scheme, a missing file-system package, no access
-        raise DataError(f"cannot open data.corpus='{spec}': {type(e).__name__}: {e}. Use a local folder or a URI "
-                        "etils.epath reads (gs://bucket/folder needs the gcsfs package and credentials on every "
-                        "host).") from None
+    except Exception as e:  # noqa: BLE001 - the library's own words follow
+        raise DataError(f"cannot open data.corpus='{spec}': {type(e).__name__}: {e}. Check the path, or use a "
+                        "local folder.") from None
     if not is_dir:
         raise DataError(f"data.corpus='{spec}' is not a folder; point it at a BabyLM folder (train/ dev/ test/, "
                         "or babylm_10M/ babylm_dev/ babylm_test/).")

@@ -23,11 +23,12 @@ from typing import Any, Mapping
 import numpy as np
 from etils import epath
 
+from climb_jax import uri
 from climb_jax.errors import ClimbError
 
 
 def is_local(path) -> bool:
-    return "://" not in str(path)
+    return not uri.is_uri(path)
 
 
 class WorkdirLock:
