@@ -259,7 +259,7 @@ def main(argv=None) -> list[dict]:
         rows.append(out(row))
 
     if args.profile:
-        from benchmarks.train_step import profile_ours
+        from benchmarks.step_profile import profile_ours
 
         for name, cs in steps_by_name.items():
             profile_ours(cs, steps=max(steps, 2), out=out, size=f"{size}:{name}",

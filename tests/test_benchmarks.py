@@ -39,9 +39,10 @@ def _records(proc: subprocess.Popen, timeout: float = 600) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def tiny_runs():
+def tiny_runs(tmp_path_factory):
     """Both --tiny benchmarks, run side by side (each is mostly single-threaded XLA compilation)."""
-    procs = {"train_step": _start("train_step.py", "--tiny"),
+    profile_dir = str(tmp_path_factory.mktemp("profile"))
+    procs = {"train_step": _start("train_step.py", "--tiny", "--profile", profile_dir),
              "curriculum": _start("curriculum_overhead.py", "--tiny", "--configs", "all_three")}
     return {name: _records(p) for name, p in procs.items()}
 
@@ -66,6 +67,22 @@ def test_train_step_reports_both_implementations(tiny_runs):
         # Both start from the same weights at a near-uniform prediction: loss close to ln(V).
         assert abs(r["first_loss"] - math.log(600)) < 0.5
     assert impls["climb_jax"]["compiles"] == 1
+
+
+def test_train_step_profile_joins_the_trace_to_the_compiled_ops(tiny_runs):
+    """--profile: every traced op of the step is found in the executable's HLO and classified."""
+    (prof,) = [r for r in tiny_runs["train_step"] if r["bench"] == "train_step_profile"]
+    shares = prof["by_kind_pass_pct"]
+    assert sum(shares.values()) == pytest.approx(100, abs=0.5)
+    assert {"matmul/forward", "matmul/backward"} <= set(shares) and "?" not in "".join(shares)
+    assert 0 < prof["op_time_per_step_s"] and prof["matmul_pct"] == pytest.approx(
+        sum(v for k, v in shares.items() if k.startswith("matmul/")), abs=0.5)
+    ops = [r for r in tiny_runs["train_step"] if r["bench"] == "train_step_profile_op"]
+    matmuls = [r for r in ops if r["kind_pass"].startswith("matmul/")]
+    # A fusion is named after one of its ops, which need not be the dot.
+    assert matmuls and all(r["source"].startswith("jit(train_step)/") for r in matmuls)
+    assert any(r["source"].endswith("dot_general") for r in matmuls)
+    assert any("transpose(" in r["source"] for r in matmuls if r["kind_pass"] == "matmul/backward")
 
 
 def test_train_step_summary_checks_parity_and_flops(tiny_runs):
