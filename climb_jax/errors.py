@@ -6,6 +6,8 @@ message that says what to fix; `climb_jax.main` prints it without a traceback an
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 
@@ -46,3 +48,16 @@ def print_error(message: object) -> None:
         sys.stderr.flush()
         return
     os.write(fd, text.encode("utf-8", "replace"))
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str):
+    """Silences the Python logger `name` (and its children) inside the block: for library lines a user
+    cannot act on, such as a retry's traceback before the error this project reports once."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

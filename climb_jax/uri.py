@@ -10,9 +10,7 @@ it exists.
 
 from __future__ import annotations
 
-import logging
-
-from climb_jax.errors import ClimbError
+from climb_jax.errors import ClimbError, quiet_logger
 
 # The URI schemes etils.epath opens (it reads `hf://` too, but a corpus names the Hub as `hf:<dataset>`).
 SCHEMES = ("gs", "s3", "az")
@@ -57,12 +55,12 @@ def check(spec: str, what: str, error: type[ClimbError] = ClimbError) -> None:
     require_filesystem(spec, what, error)
     from etils import epath
 
-    bucket = f"{scheme(spec)}://{str(spec).split('://', 1)[1].split('/', 1)[0]}"
-    # The file system logs each retry with its traceback before giving up; the error below says it once.
-    quiet = logging.getLogger(_package(scheme(spec)))
-    level, quiet.level = quiet.level, logging.CRITICAL
+    s, rest = str(spec).split("://", 1)
+    bucket = f"{s}://{rest.split('/', 1)[0]}"
     try:
-        epath.Path(bucket).stat()  # not `exists()`, which some file systems answer False for any failure
+        # The file system logs each retry with its traceback before giving up; the error below says it once.
+        with quiet_logger(_package(s)):
+            epath.Path(bucket).stat()  # not `exists()`, which some file systems answer False for any failure
     except FileNotFoundError:
         raise error(f"{what}='{spec}': the bucket {bucket} does not exist or these credentials cannot see it; "
                     "create it first (gs://: `gcloud storage buckets create`) or fix the name.") from None
@@ -70,5 +68,3 @@ def check(spec: str, what: str, error: type[ClimbError] = ClimbError) -> None:
         raise error(f"cannot reach {what}='{spec}': {type(e).__name__}: {e}. Check the network, the bucket name "
                     f"and this host's credentials for {bucket} (gs://: `gcloud auth application-default login`, "
                     "or on a VM a service account with roles/storage.objectAdmin on the bucket).") from None
-    finally:
-        quiet.setLevel(level)
