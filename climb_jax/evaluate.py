@@ -150,6 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from climb_jax.eval.suites import resolve_suite_dir
 
         uri.check(args.workdir, "--workdir")
+        from climb_jax.parallel.mesh import skip_absent_tpu
+
+        skip_absent_tpu()
         if not uri.is_uri(args.workdir) and not Path(args.workdir).is_dir():
             raise ClimbError(f"--workdir {args.workdir} does not exist; pass a run directory written by "
                              "`python -m climb_jax.main`.")

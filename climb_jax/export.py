@@ -124,8 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ClimbError(f"--workdir {workdir} does not exist; point it at a training run directory.")
         if not any(workdir.iterdir()):
             raise ClimbError(f"--workdir {workdir} is empty; it holds no training run to export.")
+        from climb_jax.parallel.mesh import skip_absent_tpu
         from climb_jax.train.checkpoint import load_run  # late: the CLI needs the training stack
 
+        skip_absent_tpu()
         run = load_run(str(workdir), args.step)
         out = export_model(run.params, run.model_config, run.tokenizer, args.out)
         print(f"exported step {run.step} of {workdir} to {out}")

@@ -78,11 +78,12 @@ def run(argv) -> None:
         raise ClimbError("--workdir is required: the directory the run writes to (and resumes from).")
     workdir = _WORKDIR.value
     uri.check(workdir, "--workdir")  # a missing gcsfs or a wrong bucket, before any work is done
+    from climb_jax.parallel import mesh as mesh_lib
+
+    mesh_lib.skip_absent_tpu()  # fine-tuning too; before anything starts JAX
     finetune = config.get("mode", "pretrain") == "finetune"
     parsed = None if finetune else config_lib.validate(config, for_run=True)
     if "mesh" in config and "distributed" in config:
-        from climb_jax.parallel import mesh as mesh_lib
-
         mesh_lib.setup_runtime(config)  # before anything starts JAX
     if finetune:
         from climb_jax.eval import finetune as finetune_lib

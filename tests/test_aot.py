@@ -162,3 +162,26 @@ def test_table_rows_render_with_400k_step_chip_hours():
     assert cells == ["v4-8", "small", "vanilla", "0.00 (32 GiB)", "yes", "2000.00 ms", "0.01 M", "50%",
                      f"{400_000 * 2.0 * 4 / 3600:,.0f}"]
     assert "not compiled yet" in lines[3]
+
+
+@needs_libtpu
+def test_libtpu_on_a_host_without_tpu_starts_jax_on_the_cpu_quietly():
+    """libtpu, installed for the pre-flight, makes JAX start the TPU runtime on any host, which prints
+    start-up errors; the command lines choose the CPU first where no TPU chip (and no GPU plugin) is."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    show = "import jax; print(jax.devices())"
+
+    def run(code):
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO,
+                              timeout=120)
+
+    plain = run(show)  # what the command lines did before: the TPU runtime's noise (if this stops, drop the fix)
+    assert "CpuDevice" in plain.stdout and "TPU_WORKER_HOSTNAMES" in plain.stderr
+    quiet = run("from climb_jax.parallel import mesh; mesh.skip_absent_tpu(); " + show)
+    assert quiet.returncode == 0 and quiet.stdout.strip() == "[CpuDevice(id=0)]"
+    assert "TPU" not in quiet.stderr, quiet.stderr
+    chosen = run("import os; os.environ['JAX_PLATFORMS'] = 'cpu,tpu'; from climb_jax.parallel import mesh; "
+                 "mesh.skip_absent_tpu(); import jax; print(jax.config.jax_platforms)")
+    assert chosen.stdout.strip() == "cpu,tpu"  # the user's JAX_PLATFORMS is left alone

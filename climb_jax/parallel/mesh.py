@@ -29,6 +29,31 @@ def _backend_started() -> bool:
     return xla_bridge.backends_are_initialized()
 
 
+def skip_absent_tpu() -> None:
+    """Chooses the CPU before JAX starts where libtpu is installed but this host has no TPU chip and
+    no GPU plugin is installed.
+
+    Why: the pre-flight (`python -m climb_jax.aot`) needs libtpu on the machine that plans a run, and
+    with libtpu installed JAX starts the TPU runtime on any host, which prints several lines of
+    start-up errors (unknown accelerator type, worker host names) before it falls back to the CPU.
+    `JAX_PLATFORMS` (or `jax_platforms`), when set, decides instead. Every command line that runs JAX
+    calls this first."""
+    import importlib.metadata
+    import importlib.util
+
+    if os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms or _backend_started():
+        return
+    if importlib.util.find_spec("libtpu") is None:
+        return
+    from jax._src import hardware_utils  # JAX's own test, the one that decides whether a TPU is here
+
+    if hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0:
+        return
+    if importlib.util.find_spec("jax_plugins") is not None or importlib.metadata.entry_points(group="jax_plugins"):
+        return  # a GPU plugin: let JAX choose
+    jax.config.update("jax_platforms", "cpu")
+
+
 def cpu_device_count(requested: int) -> int:
     """`mesh.cpu_devices`: 1 keeps JAX's single CPU device; 0 means one device per usable core; n > 1 is n."""
     if requested < 0:
@@ -66,6 +91,7 @@ _DISTRIBUTED_STARTED = False
 def setup_runtime(config: ConfigDict) -> None:
     """What must happen before JAX's first operation: multi-host start-up and the CPU device count.
     Idempotent, so both the CLI and `Trainer` call it."""
+    skip_absent_tpu()
     maybe_initialize_distributed(config.distributed)
     configure_cpu_devices(int(config.mesh.get("cpu_devices", 1)))
 

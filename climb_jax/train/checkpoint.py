@@ -29,7 +29,7 @@ from absl import logging
 from etils import epath
 from ml_collections import ConfigDict
 
-from climb_jax.errors import CheckpointError
+from climb_jax.errors import CheckpointError, quiet_logger
 
 
 class Checkpointer:
@@ -155,7 +155,9 @@ class Checkpointer:
         """What differs between the saved state's shapes and this config's ("" if they agree or the
         checkpoint's metadata cannot be read, i.e. the checkpoint is damaged rather than different)."""
         try:
-            with warnings.catch_warnings(), ocp.StandardCheckpointer() as reader:
+            # Reading one item's metadata outside its manager makes orbax warn that the step's metadata
+            # file is not in the item's folder (it is one level up): true, and nothing to act on.
+            with warnings.catch_warnings(), quiet_logger("absl"), ocp.StandardCheckpointer() as reader:
                 warnings.simplefilter("ignore")
                 saved = reader.metadata(self.directory / str(step) / "state").item_metadata
             saved_shapes = {_path_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(saved)
