@@ -16,7 +16,7 @@ Hugging Face `RobertaPreLayerNormForMaskedLM` under `torch.autocast(bfloat16)` w
 linear schedule and Hugging Face's masking rule, done on the GPU (see benchmarks/train_step.py for the
 CPU version of the same pair). Each line gives tokens/s, the step's compile count (must be 1), and
 MFU: model FLOPs per token (`common.flops_per_token`) x tokens/s over the chip's dense bfloat16 peak
-from `climb_jax.accelerators` (null for a GPU the table does not know).
+from `climb_jax.preflight.accelerators` (null for a GPU the table does not know).
 
 Training: `python -m climb_jax.main --config=configs/vanilla.py:small,bf16` on babylm_mini for as many
 steps as `--train_minutes` allow at the measured step time (data preparation and evaluation come on
@@ -56,7 +56,7 @@ def make_config(size: str, batch: int, seq: int, dtype: str):
 
 def chip_of(device) -> dict:
     """The table's figures for the device, or nulls (a CPU, or a GPU the table does not know)."""
-    from climb_jax import accelerators
+    from climb_jax.preflight import accelerators
 
     chip = accelerators.gpu_chip(device.device_kind) if device.platform == "gpu" else None
     return {"device_kind": device.device_kind, "platform": device.platform,

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from climb_jax.config_lib import MODEL_SIZES  # noqa: E402
+from climb_jax.config.schema import MODEL_SIZES  # noqa: E402
 from climb_jax.constants import SPECIAL_TOKENS  # noqa: E402
 from climb_jax.eval.blimp import BlimpEvaluator  # noqa: E402
 from climb_jax.models.roberta import RobertaConfig, init_params  # noqa: E402

@@ -205,9 +205,9 @@ def synthetic_batch(seed: int, batch: int, seq: int, vocab: int, zipf_a: float =
 
 def load_config(name: str, arg: str | None = None):
     """`configs/<name>.py`'s `get_config(arg)`, loaded by path like the command line does."""
-    from climb_jax import config_lib
+    from climb_jax.config import schema
 
-    return config_lib.load(REPO / "configs" / f"{name}.py", arg)
+    return schema.load(REPO / "configs" / f"{name}.py", arg)
 
 
 def shrink_to_tiny(config, seq: int = 32, vocab: int = 600) -> None:

@@ -80,7 +80,7 @@ REFERENCE_RECIPE = {
 }
 # Files whose content decides our side's recipe: their hash ties a figure to a state of the code.
 RECIPE_FILES = ("climb_jax/train/step.py", "climb_jax/train/optim.py", "climb_jax/train/masking.py",
-                "climb_jax/curriculum/objectives.py", "climb_jax/models/roberta.py", "climb_jax/config_lib.py")
+                "climb_jax/curriculum/objectives.py", "climb_jax/models/roberta.py", "climb_jax/schema.py")
 
 
 def make_config(steps: int, batch: int, seq: int, quick: bool):

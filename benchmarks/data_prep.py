@@ -33,7 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from climb_jax import config_lib  # noqa: E402
+from climb_jax.config import schema  # noqa: E402
 from climb_jax.data import corpus as corpus_lib  # noqa: E402
 from climb_jax.data import dataset, encoding, packing, pos as pos_lib, tokenizer as tok_lib  # noqa: E402
 
@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=0, help="timing rounds per stage (default: 3 quick, 1 full)")
     args = ap.parse_args()
 
-    cfg = config_lib.base_config().data
+    cfg = schema.base_config().data
     cfg.corpus = args.corpus
     cfg.vocab_size = args.vocab_size
     cfg.seq_len = args.seq_len

@@ -90,13 +90,13 @@ def measure(config, data, steps: list[int], mesh) -> dict:
     """Sequences/s of each host stage for one curriculum (see the module docstring)."""
     import jax
 
-    from climb_jax import config_lib
+    from climb_jax.config import schema
     from climb_jax.curriculum.data_curriculum import DataCurriculum
     from climb_jax.data.pipeline import InputPipeline
     from climb_jax.data.sampler import BatchSampler
     from climb_jax.parallel import mesh as mesh_lib
 
-    parsed = config_lib.validate(config)
+    parsed = schema.validate(config)
     t = config.trainer
     model = dataclasses.replace(parsed.model, vocab_size=len(data.tokenizer))  # re-scoring's model (not run here)
     curriculum = DataCurriculum.from_config(config, data, model, mesh)
@@ -147,7 +147,8 @@ def predicted_rate(args) -> tuple[float | None, str]:
         return float(args.target_sequences_per_s), "--target_sequences_per_s"
     if args.quick:
         return None, "not computed with --quick (give --target_sequences_per_s)"
-    from climb_jax import aot, aot_table
+    from climb_jax.preflight import aot
+    from climb_jax.preflight import table as aot_table
 
     if not aot.libtpu_available():
         return None, "libtpu is not installed: no pre-flight (give --target_sequences_per_s)"

@@ -88,13 +88,13 @@ def corpus_words(corpus: Path) -> int:
 
 def _prepare_child(pairs_json: str) -> None:
     """(In a child process) builds the run's data config and prepares its cache."""
-    from climb_jax import config_lib
+    from climb_jax.config import schema
     from climb_jax.data.dataset import prepare_data
 
     config = common.load_config("vanilla", "smoke")
     pairs = json.loads(pairs_json)
     for key, value in pairs:
-        config_lib.set_path(config, key, value)
+        schema.set_path(config, key, value)
     data = prepare_data(config.data, Path(config.data.cache_dir), progress=False)
     print(json.dumps({"train_rows": len(data.train), "cache": str(data.directory)}), flush=True)
 

@@ -123,7 +123,7 @@ def bench_rescoring(calls: int, batch: int, seq: int = 128) -> list[dict]:
     import jax
     from ml_collections import ConfigDict
 
-    from climb_jax.config_lib import MODEL_SIZES
+    from climb_jax.config.schema import MODEL_SIZES
     from climb_jax.curriculum.self_perplexity import SelfPerplexityScorer
     from climb_jax.models.roberta import RobertaConfig, init_params
     from climb_jax.parallel.mesh import create_mesh

@@ -46,7 +46,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common, step_profile  # noqa: E402
-from climb_jax import choices as choices_lib  # noqa: E402
+from climb_jax.config import choices as choices_lib  # noqa: E402
 from climb_jax.constants import MASK_ID, NUM_SPECIAL  # noqa: E402
 from climb_jax.models.roberta import RobertaForMaskedLM  # noqa: E402
 from climb_jax.parallel import mesh as mesh_lib  # noqa: E402

@@ -27,7 +27,7 @@ import sys
 from typing import Sequence
 
 from climb_jax import uri
-from climb_jax.choices import EMBEDDED_SUITE, EVAL_METHODS
+from climb_jax.config.choices import EMBEDDED_SUITE, EVAL_METHODS
 from climb_jax.errors import ClimbError, print_error
 
 TASKS_DIR_FLAG = "--tasks_dir"

@@ -15,7 +15,11 @@ import textwrap
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from climb_jax import choices, config_lib, uri
+from climb_jax import uri
+
+from climb_jax.config import choices
+
+from climb_jax.config import schema
 from climb_jax.errors import ClimbError, ConfigError, print_error
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/vanilla.py:smoke.",
@@ -28,7 +32,7 @@ _HELP_FLAGS = ("--help", "-h", "--helpshort", "-help", "-?")
 # A run projected to take longer than this on a CPU-only host gets a warning with the projection.
 _CPU_WARN_SECONDS = 3600
 
-# The fields `--help` shows: the ones a user sets most (every field: print(config_lib.base_config())).
+# The fields `--help` shows: the ones a user sets most (every field: print(schema.base_config())).
 _MAIN_FIELDS = {
     "seed": "the random seed",
     "data.corpus": "'embedded' (the small sample shipped with the package), a BabyLM folder, or hf:<dataset>",
@@ -49,7 +53,7 @@ _MAIN_FIELDS = {
 
 def default_label(config_arg: str) -> str:
     """'configs/vocab_cl.py:pos_tags,log,smoke' -> 'vocab_cl:pos_tags-log' (smoke and key=value dropped)."""
-    return config_lib.default_label(config_arg)
+    return schema.default_label(config_arg)
 
 
 def _config_arg(argv: list[str]) -> str:
@@ -82,7 +86,7 @@ def run(argv) -> None:
 
     mesh_lib.skip_absent_tpu()  # fine-tuning too; before anything starts JAX
     finetune = config.get("mode", "pretrain") == "finetune"
-    parsed = None if finetune else config_lib.validate(config, for_run=True)
+    parsed = None if finetune else schema.validate(config, for_run=True)
     if "mesh" in config and "distributed" in config:
         mesh_lib.setup_runtime(config)  # before anything starts JAX
     if finetune:
@@ -113,13 +117,13 @@ def _warn_if_slow_on_cpu(config) -> None:
     if jax.default_backend() != "cpu":
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    seconds = config_lib.projected_cpu_seconds(config, cores)
+    seconds = schema.projected_cpu_seconds(config, cores)
     if seconds < _CPU_WARN_SECONDS:
         return
     t = config.trainer
     print(f"warning: no accelerator found; {t.total_steps} steps of {t.batch_size} x {config.data.seq_len} tokens "
           f"of the '{config.model.size}' model would take about {seconds / 3600:,.0f} hours on this host's "
-          f"{cores} CPU cores (projected from {config_lib.CPU_MODEL_FLOPS_PER_CORE / 1e9:.0f} GFLOP/s per core); "
+          f"{cores} CPU cores (projected from {schema.CPU_MODEL_FLOPS_PER_CORE / 1e9:.0f} GFLOP/s per core); "
           "run on a GPU or TPU, or try the smoke preset first.", file=sys.stderr, flush=True)
 
 
@@ -150,7 +154,7 @@ def _docstring(path) -> str:
 
 def help_text() -> str:
     """What `--help` prints: usage, the flags, every config file's presets and the main fields."""
-    base = config_lib.base_config()
+    base = schema.base_config()
     lines = [
         "usage: python -m climb_jax.main --config=configs/<file>.py[:<items>] --workdir=DIR "
         "[--config.<key>=<value> ...]",
@@ -170,7 +174,7 @@ def help_text() -> str:
         "",
         "Config files:",
     ]
-    for path in config_lib.config_files():
+    for path in schema.config_files():
         lines.append(f"  configs/{path.name}")
         lines += [f"      {line}" if line else "" for line in _docstring(path).splitlines()]
         lines.append("")
@@ -188,13 +192,13 @@ def help_text() -> str:
 
 def _resolve_config_flag(argv: list[str]) -> list[str]:
     """`--config=<file>[:items]` with the file checked (a missing one is a ConfigError listing the
-    config files) and found from any working directory (`config_lib.resolve_config_path`)."""
+    config files) and found from any working directory (`schema.resolve_config_path`)."""
     out = list(argv)
     for i, a in enumerate(out):
         if a.startswith("--config=") or (a == "--config" and i + 1 < len(out)):
             j, spec = (i, a.split("=", 1)[1]) if a.startswith("--config=") else (i + 1, out[i + 1])
-            path, words = config_lib.split_spec(spec)
-            resolved = str(config_lib.resolve_config_path(path))
+            path, words = schema.split_spec(spec)
+            resolved = str(schema.resolve_config_path(path))
             if resolved != path:
                 new = resolved if words is None else f"{resolved}:{words}"
                 out[j] = f"--config={new}" if j == i else new

@@ -19,7 +19,9 @@ A corpus with other sources takes a custom order:
   --config.data_curriculum.source_order=custom --config.data_curriculum.source_difficulty=a:1,b:2
 """
 
-from climb_jax import choices, config_lib
+from climb_jax.config import choices
+
+from climb_jax.config import schema
 
 PACINGS = choices.PACING_WORDS
 
@@ -66,8 +68,8 @@ def setup(c):
     dc.scorer = choices.DATA_CL_DEFAULT_SCORER
     dc.n_gram = 1
     dc.uniform_sampling = True  # every data config of the reference samples uniformly inside the allowed set
-    dc.pacing = config_lib.pacing_config()
+    dc.pacing = schema.pacing_config()
 
 
 def get_config(arg=None):
-    return config_lib.build("data_cl", arg, PRESETS, setup)
+    return schema.build("data_cl", arg, PRESETS, setup)

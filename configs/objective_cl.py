@@ -16,12 +16,12 @@ Windows and unit settings are overridable: --config.objective_curriculum.units.p
 
 from ml_collections import ConfigDict
 
-from climb_jax import config_lib
+from climb_jax.config import schema
 
-unit = config_lib.unit_config
+unit = schema.unit_config
 
 
-def _units(**units) -> config_lib.Preset:
+def _units(**units) -> schema.Preset:
     def apply(c):
         c.objective_curriculum.units = ConfigDict(units)
 
@@ -51,4 +51,4 @@ PAPER_GRID = [(name,) for name in PRESETS]
 def get_config(arg=None):
     # The default (no preset word) is the first objective curriculum of the paper's tables; a preset
     # word replaces the units.
-    return config_lib.build("objective_cl", arg, PRESETS, setup=PRESETS["pos_nv_mlm"])
+    return schema.build("objective_cl", arg, PRESETS, setup=PRESETS["pos_nv_mlm"])

@@ -7,7 +7,7 @@
 Preset words: small, medium, large, tiny, bf16, smoke; and key=value pairs (trainer.lr=3e-4).
 """
 
-from climb_jax import config_lib
+from climb_jax.config import schema
 
 
 # The baseline of launch/sweep.py's comparison grid: no preset words.
@@ -15,4 +15,4 @@ PAPER_GRID = [()]
 
 
 def get_config(arg=None):
-    return config_lib.build("vanilla", arg)
+    return schema.build("vanilla", arg)

@@ -14,7 +14,9 @@ Pacing parameters are the reference's (start 6.25% of training, full vocabulary 
 difficulty 0.1); override any of them: --config.vocab_curriculum.pacing.end_percent=0.5
 """
 
-from climb_jax import choices, config_lib
+from climb_jax.config import choices
+
+from climb_jax.config import schema
 
 KINDS = choices.VOCAB_CURRICULUM_KINDS
 PACINGS = choices.PACING_WORDS
@@ -45,8 +47,8 @@ PRESETS = {
 
 def setup(c):
     c.vocab_curriculum.kind = choices.VOCAB_CL_DEFAULT_KIND
-    c.vocab_curriculum.pacing = config_lib.pacing_config()
+    c.vocab_curriculum.pacing = schema.pacing_config()
 
 
 def get_config(arg=None):
-    return config_lib.build("vocab_cl", arg, PRESETS, setup)
+    return schema.build("vocab_cl", arg, PRESETS, setup)

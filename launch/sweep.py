@@ -29,7 +29,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from launch.common import REPO_ROOT, LaunchError, run_main  # noqa: E402
-from climb_jax import config_lib  # noqa: E402
+from climb_jax.config import schema  # noqa: E402
 from climb_jax.errors import ConfigError  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------
@@ -60,7 +60,7 @@ class Entry:
 
 def comparison_entries() -> list[Entry]:
     """Vanilla, then every vocabulary (6), data (10) and objective (8) curriculum preset: 25 configs."""
-    return [Entry(path, tuple(words)) for path in GRID_FILES for words in config_lib.load_module(path).PAPER_GRID]
+    return [Entry(path, tuple(words)) for path in GRID_FILES for words in schema.load_module(path).PAPER_GRID]
 
 
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.]*")
@@ -89,7 +89,7 @@ def parse_entry(text: str) -> Entry:
     if "__" in stem or not stem:
         raise LaunchError(f"grid entry '{text}': config file names may not contain '__'.")
     try:
-        parsed = config_lib.parse_arg(arg)
+        parsed = schema.parse_arg(arg)
     except ConfigError as e:
         raise LaunchError(f"grid entry '{text}': {e}") from None
     for setting in parsed.settings:

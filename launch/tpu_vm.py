@@ -33,8 +33,8 @@ from typing import Sequence
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from climb_jax import accelerators  # noqa: E402  (pure Python: no JAX)
-from climb_jax.accelerators import SliceShape  # noqa: E402
+from climb_jax.preflight import accelerators  # noqa: E402  (pure Python: no JAX)
+from climb_jax.preflight.accelerators import SliceShape  # noqa: E402
 from climb_jax.errors import ClimbError  # noqa: E402
 from launch.common import (  # noqa: E402
     REPO_ROOT,
@@ -51,7 +51,7 @@ from launch.common import (  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------
-# Slices: the table of TPU generations lives in climb_jax.accelerators (the pre-flight uses it too).
+# Slices: the table of TPU generations lives in climb_jax.preflight.accelerators (the pre-flight uses it too).
 
 
 def slice_shape(accelerator_type: str) -> SliceShape:

@@ -13,7 +13,11 @@ import sys
 
 import pytest
 
-from climb_jax import accelerators, aot, aot_table
+from climb_jax.preflight import accelerators
+
+from climb_jax.preflight import aot
+
+from climb_jax.preflight import table as aot_table
 from climb_jax.errors import ConfigError
 from tests.conftest import REPO
 from tests.helpers import tiny_config

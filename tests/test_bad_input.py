@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from climb_jax import config_lib
+from climb_jax.config import schema
 from climb_jax.data import corpus as corpus_lib
 from climb_jax.data.dataset import prepare_data
 from climb_jax.errors import CheckpointError, ConfigError, DataError
@@ -45,7 +45,7 @@ def small_corpus(babylm_mini, tmp_path_factory) -> Path:
 
 
 def data_cfg(corpus: Path, nltk_data: Path, **kw):
-    c = config_lib.base_config().data
+    c = schema.base_config().data
     c.update(dict(corpus=str(corpus), vocab_size=320, seq_len=32, nltk_data=str(nltk_data), num_workers=1))
     c.update(kw)
     return c
@@ -158,7 +158,7 @@ def test_a_single_line_of_megabytes(small_corpus, nltk_data, tmp_path):
 def test_unknown_sources_for_a_source_order_curriculum(messy_data):
     from climb_jax.curriculum.data_curriculum import initial_scores
 
-    run_cfg = config_lib.base_config()
+    run_cfg = schema.base_config()
     run_cfg.data_curriculum.scorer = "source_order"
     with pytest.raises(ConfigError, match=r"the source order 'spoken_first' gives no difficulty for the source\(s\) "
                                           r"latin. Sources found in the corpus: .*source_order=custom"):
@@ -216,7 +216,7 @@ def test_impossible_settings(section, values, message):
         target = target[part]
     target.update(values)
     with pytest.raises(ConfigError, match=message):
-        config_lib.validate(c)
+        schema.validate(c)
 
 
 def test_objective_schedule_with_a_gap():
@@ -224,11 +224,11 @@ def test_objective_schedule_with_a_gap():
     c.objective_curriculum.units.pos_nv.end = 0.1
     c.objective_curriculum.units.mlm.start = 0.25
     with pytest.raises(ConfigError, match=r"leaves training between 0.1 and 0.25 with no active unit"):
-        config_lib.validate(c)
+        schema.validate(c)
     c.objective_curriculum.units.mlm.start = 0.1
     c.objective_curriculum.units.mlm.end = 0.8
     with pytest.raises(ConfigError, match=r"between 0.8 and 1 with no active unit"):
-        config_lib.validate(c)
+        schema.validate(c)
 
 
 def test_batch_not_divisible_by_the_device_count(tmp_path):
@@ -342,7 +342,7 @@ def test_hugging_face_datasets_are_loaded_without_remote_code(monkeypatch):
         return datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a line of text"]})})
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    cfg = config_lib.base_config().data
+    cfg = schema.base_config().data
     cfg.corpus = "hf:someone/some-corpus"
     corpus = corpus_lib.find_corpus(cfg)
     assert calls and all(not c.get("trust_remote_code") for c in calls)

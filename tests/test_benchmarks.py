@@ -251,7 +251,7 @@ def test_host_pipeline_rates_and_shortfalls(capsys):
 
 def test_accelerator_quick_reports_rates_compiles_and_mfu():
     from benchmarks import accelerator
-    from climb_jax import accelerators
+    from climb_jax.preflight import accelerators
 
     recs = _records(_start("accelerator.py", "--quick"))
     lines = {r["impl"]: r for r in recs if r["bench"] == "accelerator"}

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from climb_jax import aot
+from climb_jax.preflight import aot
 from climb_jax.constants import BOS_ID, EOS_ID, NUM_POS, NUM_SPECIAL
 from climb_jax.parallel import mesh as mesh_lib
 from tests.helpers import tiny_config

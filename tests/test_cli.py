@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from climb_jax import config_lib
+from climb_jax.config import schema
 from tests.conftest import REPO
 
 CONFIG_FILES = sorted(f"configs/{p.name}" for p in (REPO / "configs").glob("*.py"))
@@ -79,7 +79,7 @@ def test_long_run_on_cpu_warns_with_the_projected_time(capsys, monkeypatch):
 
     from climb_jax import main
 
-    c = config_lib.load("configs/vanilla.py")
+    c = schema.load("configs/vanilla.py")
     monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
     main._warn_if_slow_on_cpu(c)
     assert capsys.readouterr().err == ""  # an accelerator: no warning
@@ -87,8 +87,8 @@ def test_long_run_on_cpu_warns_with_the_projected_time(capsys, monkeypatch):
     main._warn_if_slow_on_cpu(c)
     err = capsys.readouterr().err
     cores = len(os.sched_getaffinity(0))
-    hours = config_lib.projected_cpu_seconds(c, cores) / 3600
+    hours = schema.projected_cpu_seconds(c, cores) / 3600
     assert err.startswith("warning: no accelerator found; 400000 steps of 128 x 128 tokens of the 'small' model")
     assert f"about {hours:,.0f} hours on this host's {cores} CPU cores" in err
-    main._warn_if_slow_on_cpu(config_lib.load("configs/vanilla.py:smoke"))
+    main._warn_if_slow_on_cpu(schema.load("configs/vanilla.py:smoke"))
     assert capsys.readouterr().err == ""

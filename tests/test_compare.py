@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from climb_jax import compare, config_lib
+from climb_jax import compare
+
+from climb_jax.config import schema
 from climb_jax.analysis import plots, report, runs
 
 PARADIGMS = {"anaphor_agreement": "morphology", "irregular_forms": "morphology",
@@ -25,7 +27,7 @@ def _config(label: str, seed: int) -> dict:
                  "pos_noun": {"task": "pos", "tags": "NOUN", "start": 0.0, "end": 0.5}}
         return {"name": "objective_cl", "label": label, "seed": seed, "trainer": {"total_steps": 200},
                 "objective_curriculum": {"units": units}}
-    c = config_lib.base_config()
+    c = schema.base_config()
     c.label, c.seed, c.trainer.total_steps, c.trainer.warmup_steps = label, seed, 200, 20
     if label.startswith("vocab"):
         c.vocab_curriculum.kind = "pos_tags"

@@ -7,14 +7,16 @@ import sys
 
 import pytest
 
-from climb_jax import choices, config_lib
-from climb_jax.config_lib import PresetArg, Setting, parse_arg
+from climb_jax.config import choices
+
+from climb_jax.config import schema
+from climb_jax.config.schema import PresetArg, Setting, parse_arg
 from climb_jax.errors import ConfigError
 from tests.conftest import REPO
 
 
 def load(name: str, arg: str | None = None):
-    return config_lib.load(f"configs/{name}.py", arg)
+    return schema.load(f"configs/{name}.py", arg)
 
 
 def test_vanilla_is_the_reference_baseline():
@@ -23,7 +25,7 @@ def test_vanilla_is_the_reference_baseline():
     assert (c.trainer.lr, c.trainer.warmup_steps, c.trainer.total_steps, c.trainer.batch_size) == (1e-3, 100_000, 400_000, 128)
     assert c.data.seq_len == 128 and c.data.vocab_size == 8192
     assert c.seed == 42  # the reference's
-    config_lib.validate(c)
+    schema.validate(c)
 
 
 def test_smoke_and_sizes_and_key_values():
@@ -68,7 +70,7 @@ def test_validate_errors(overrides, message):
         for k, v in values.items():
             node[k] = v
     with pytest.raises(ConfigError, match=message):
-        config_lib.validate(c)
+        schema.validate(c)
 
 
 def test_objective_presets_all_validate():
@@ -106,7 +108,7 @@ def test_grammar_items_in_order_with_lists():
     # A value may itself contain '=' and ':' (only the first '=' splits).
     assert parse_arg("a.b=k:1,c=d=e").items == (Setting("a.b", "k:1"), Setting("c", "d=e"))
     for text in ("smoke,trainer.lr=3e-4", "rte,finetune.text_fields=[premise,hypothesis],seeds3", "a=[]"):
-        assert config_lib.format_arg(parse_arg(text)) == text
+        assert schema.format_arg(parse_arg(text)) == text
 
 
 @pytest.mark.parametrize("arg, message", [
@@ -131,11 +133,11 @@ def test_lists_set_tuple_and_comma_separated_string_fields():
     assert load("finetune", "seeds3,finetune.seeds=[7]").finetune.seeds == (7,)  # the type of the elements
     c = load("objective_cl", "pos_nv_mlm,objective_curriculum.units.pos_nv.tags=[NOUN,VERB,ADJ],smoke")
     assert c.objective_curriculum.units.pos_nv.tags == "NOUN,VERB,ADJ"
-    assert config_lib.validate(c).units[1].tags == ("NOUN", "VERB", "ADJ")
+    assert schema.validate(c).units[1].tags == ("NOUN", "VERB", "ADJ")
     with pytest.raises(ConfigError, match=r"'trainer.lr' takes a float, not a list \[1,2\]"):
         load("vanilla", "trainer.lr=[1,2]")
     with pytest.raises(ConfigError, match="'seed' takes a int, not a list"):
-        config_lib.set_path(config_lib.base_config(), "seed", ("1",))
+        schema.set_path(schema.base_config(), "seed", ("1",))
     c = load("vanilla", "data.cache_dir=[a,b]")  # a placeholder string field
     assert c.data.cache_dir == "a,b"
 
@@ -155,37 +157,37 @@ def test_a_list_without_brackets_is_refused_with_the_bracketed_form():
 
 
 def test_load_and_labels():
-    a = config_lib.load("configs/data_cl.py:ngram,log,smoke")
-    b = config_lib.load("configs/data_cl.py", "ngram,log,smoke")
-    assert a.to_dict() == b.to_dict() == config_lib.load_module("configs/data_cl.py").get_config("ngram,log,smoke").to_dict()
+    a = schema.load("configs/data_cl.py:ngram,log,smoke")
+    b = schema.load("configs/data_cl.py", "ngram,log,smoke")
+    assert a.to_dict() == b.to_dict() == schema.load_module("configs/data_cl.py").get_config("ngram,log,smoke").to_dict()
     with pytest.raises(ConfigError, match="give the preset words once"):
-        config_lib.load("configs/data_cl.py:ngram", "log")
+        schema.load("configs/data_cl.py:ngram", "log")
     with pytest.raises(ConfigError, match=r"'configs/vanila.py' does not exist. Did you mean 'configs/vanilla.py'\?"):
-        config_lib.load("configs/vanila.py")
-    assert config_lib.default_label("configs/vocab_cl.py:pos_tags,log,smoke") == "vocab_cl:pos_tags-log"
-    assert config_lib.default_label("configs/finetune.py:rte,finetune.text_fields=[a,b],seeds3") == "finetune:rte-seeds3"
-    assert config_lib.default_label("/x/configs/vanilla.py") == "vanilla"
-    assert [p.name for p in config_lib.config_files()] == sorted(p.name for p in (REPO / "configs").glob("*.py"))
+        schema.load("configs/vanila.py")
+    assert schema.default_label("configs/vocab_cl.py:pos_tags,log,smoke") == "vocab_cl:pos_tags-log"
+    assert schema.default_label("configs/finetune.py:rte,finetune.text_fields=[a,b],seeds3") == "finetune:rte-seeds3"
+    assert schema.default_label("/x/configs/vanilla.py") == "vanilla"
+    assert [p.name for p in schema.config_files()] == sorted(p.name for p in (REPO / "configs").glob("*.py"))
 
 
 # -- the list of choices -----------------------------------------------------------------------
 
 
 def test_choices_import_no_jax():
-    code = "import sys, climb_jax.choices; print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'numpy', 'flax', 'ml_collections')))"
+    code = "import sys, climb_jax.config.choices; print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'numpy', 'flax', 'ml_collections')))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
 
 
 def test_every_choice_field_exists_and_defaults_to_a_valid_choice():
-    c = config_lib.base_config()
+    c = schema.base_config()
     for key, valid in choices.FIELD_CHOICES.items():
         node = c
         for part in key.split("."):
             node = node[part]
         assert node in valid, key
         assert len(set(valid)) == len(valid), key
-    assert config_lib.MODEL_SIZES is choices.MODEL_SIZES
+    assert schema.MODEL_SIZES is choices.MODEL_SIZES
     for size, shape in choices.MODEL_SIZES.items():
         assert load("vanilla", size).model.to_dict() | shape == load("vanilla", size).model.to_dict()
 
@@ -199,23 +201,23 @@ def test_validate_returns_the_parsed_objects():
     from climb_jax.models.roberta import RobertaConfig
 
     c = load("vocab_cl", "pos_tags,log,smoke")
-    parsed = config_lib.validate(c)
+    parsed = schema.validate(c)
     assert parsed.vocab_pacing == PacingParams("log", 0.0625, 0.875, 0.1, 1.0)
     assert parsed.data_pacing is None  # no data curriculum
     assert parsed.model == RobertaConfig.from_config(c.model, c.data.vocab_size)
     assert parsed.units == objectives.validate_units(c.objective_curriculum.units)
     assert parsed.total_steps == 300
     c = load("data_cl", "self_perplexity,root")
-    parsed = config_lib.validate(c)
+    parsed = schema.validate(c)
     assert parsed.vocab_pacing is None and parsed.data_pacing.name == "root"
-    assert [u.name for u in config_lib.validate(load("objective_cl", "pos_nv_mlm")).units] == ["mlm", "pos_nv"]
+    assert [u.name for u in schema.validate(load("objective_cl", "pos_nv_mlm")).units] == ["mlm", "pos_nv"]
 
 
 def test_run_setup_consumes_parsed():
     from climb_jax.train.setup import RunSetup
 
     c = load("vocab_cl", "token_ids,log,smoke")
-    parsed = config_lib.validate(c)
+    parsed = schema.validate(c)
     setup = RunSetup.from_config(c, vocab_size=500, parsed=parsed)
     assert setup.model == dataclasses.replace(parsed.model, vocab_size=500)
     assert setup.units is parsed.units
@@ -226,32 +228,32 @@ def test_run_setup_consumes_parsed():
 
 def test_paper_size_on_the_embedded_sample_is_refused():
     c = load("data_cl")
-    config_lib.validate(c)  # a valid config ...
+    schema.validate(c)  # a valid config ...
     with pytest.raises(ConfigError) as e:  # ... that cannot be run on the sample
-        config_lib.validate(c, for_run=True)
+        schema.validate(c, for_run=True)
     message = str(e.value)
     assert "data.corpus=embedded" in message and "--config.data.corpus=" in message
     assert "--config=configs/data_cl.py:smoke" in message and "\n" not in message
-    rows = config_lib.embedded_rows(c.data)
+    rows = schema.embedded_rows(c.data)
     assert 3_600 <= rows < 6_000  # the sample gave 3604 rows of 128 tokens at vocab_size 8192
     # The rule: more than EMBEDDED_MAX_PASSES passes over the sample.
-    limit = config_lib.EMBEDDED_MAX_PASSES * rows // c.trainer.batch_size
+    limit = schema.EMBEDDED_MAX_PASSES * rows // c.trainer.batch_size
     c.trainer.update(total_steps=limit, warmup_steps=0)
-    config_lib.validate(c, for_run=True)
+    schema.validate(c, for_run=True)
     c.trainer.total_steps = limit + 1
     with pytest.raises(ConfigError, match="pass over it"):
-        config_lib.validate(c, for_run=True)
+        schema.validate(c, for_run=True)
     c.data.corpus = "/some/babylm/folder"  # the same run on a real corpus is fine
-    config_lib.validate(c, for_run=True)
+    schema.validate(c, for_run=True)
     for name in ("vanilla", "vocab_cl", "data_cl", "objective_cl"):
-        config_lib.validate(load(name, "smoke"), for_run=True)
+        schema.validate(load(name, "smoke"), for_run=True)
 
 
 def test_projected_cpu_time():
     c = load("vanilla")
     # The benchmarks' model FLOPs per token of `small` (benchmarks/README.md, train step).
-    assert config_lib.flops_per_token(c) == 79_036_416
+    assert schema.flops_per_token(c) == 79_036_416
     tokens = 400_000 * 128 * 128
-    assert config_lib.projected_cpu_seconds(c, 2) == pytest.approx(
-        tokens * 79_036_416 / (2 * config_lib.CPU_MODEL_FLOPS_PER_CORE))
-    assert config_lib.projected_cpu_seconds(load("vanilla", "smoke"), 2) < 600
+    assert schema.projected_cpu_seconds(c, 2) == pytest.approx(
+        tokens * 79_036_416 / (2 * schema.CPU_MODEL_FLOPS_PER_CORE))
+    assert schema.projected_cpu_seconds(load("vanilla", "smoke"), 2) < 600

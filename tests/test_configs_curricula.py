@@ -6,17 +6,17 @@ import itertools
 import numpy as np
 import pytest
 
-from climb_jax import config_lib
+from climb_jax.config import schema
 from climb_jax.curriculum.pacing import PacingParams, pace
 from climb_jax.curriculum.plot import curriculum_curves, plot_curricula
 from climb_jax.errors import ConfigError
 
-# The reference's pacing parameters, written out here (not read from climb_jax.choices) so that a
+# The reference's pacing parameters, written out here (not read from climb_jax.config.choices) so that a
 # change to the defaults fails this test.
 REFERENCE_PACING = dict(start_percent=0.0625, end_percent=0.875, starting_difficulty=0.1, max_difficulty=1.0)
 
-VOCAB = config_lib.load_module("configs/vocab_cl.py")
-DATA = config_lib.load_module("configs/data_cl.py")
+VOCAB = schema.load_module("configs/vocab_cl.py")
+DATA = schema.load_module("configs/data_cl.py")
 
 
 def check_pacing(section, name):
@@ -30,7 +30,7 @@ def test_vocab_default():
     assert c.name == "vocab_cl" and c.vocab_curriculum.kind == "token_ids"
     check_pacing(c.vocab_curriculum, "linear")
     assert c.vocab_curriculum.unk_targets == "predict_unk" and c.data_curriculum.scorer == "none"
-    config_lib.validate(c)
+    schema.validate(c)
 
 
 @pytest.mark.parametrize("kind, pacing, extra", list(itertools.product(
@@ -40,7 +40,7 @@ def test_vocab_presets(kind, pacing, extra):
     assert c.vocab_curriculum.kind == kind
     check_pacing(c.vocab_curriculum, pacing)
     assert c.vocab_curriculum.unk_targets == ("exclude" if extra else "predict_unk")
-    config_lib.validate(c)
+    schema.validate(c)
 
 
 def test_data_default_is_the_papers_ngram_curriculum():
@@ -49,7 +49,7 @@ def test_data_default_is_the_papers_ngram_curriculum():
     assert c.name == "data_cl" and dc.scorer == "ngram_perplexity" and dc.n_gram == 1 and dc.uniform_sampling
     check_pacing(dc, "linear")
     assert c.vocab_curriculum.kind == "none"
-    config_lib.validate(c)
+    schema.validate(c)
 
 
 # The reference's ten data configs: (words, scorer, n_gram, source_order).
@@ -71,7 +71,7 @@ def test_the_references_ten_data_configs(words, pacing):
     if scorer == "self_perplexity":
         assert dc.update_every == 25_000
     check_pacing(dc, pacing)
-    config_lib.validate(c)
+    schema.validate(c)
 
 
 @pytest.mark.parametrize("scorer, pacing, sampling", list(itertools.product(
@@ -86,7 +86,7 @@ def test_every_data_preset_combination(scorer, pacing, sampling):
         assert dc.source_order == scorer
     assert dc.uniform_sampling == (sampling != "weighted")
     check_pacing(dc, pacing)
-    config_lib.validate(c)
+    schema.validate(c)
 
 
 def test_smoke_and_overrides():
@@ -95,7 +95,7 @@ def test_smoke_and_overrides():
     assert c.data_curriculum.pacing.end_percent == 0.5 and c.data_curriculum.scorer == "source_order"
     c = VOCAB.get_config("pos_tags,log,smoke")
     assert c.model.size == "tiny" and c.vocab_curriculum.kind == "pos_tags"
-    config_lib.validate(c)
+    schema.validate(c)
 
 
 def test_bad_words_and_impossible_pacing():
@@ -105,7 +105,7 @@ def test_bad_words_and_impossible_pacing():
         DATA.get_config("bigram")
     c = DATA.get_config("ngram,data_curriculum.pacing.start_percent=0.9")
     with pytest.raises(ConfigError, match="data_curriculum.pacing: .*smaller than end_percent"):
-        config_lib.validate(c)
+        schema.validate(c)
 
 
 PRETRAINING_FILES = ("vanilla", "vocab_cl", "data_cl", "objective_cl")
@@ -113,20 +113,20 @@ PRETRAINING_FILES = ("vanilla", "vocab_cl", "data_cl", "objective_cl")
 
 @pytest.mark.parametrize("name", PRETRAINING_FILES)
 def test_every_preset_word_of_every_config_file_resolves(name):
-    module = config_lib.load_module(f"configs/{name}.py")
-    words = sorted(set(getattr(module, "PRESETS", {})) | set(config_lib.COMMON_PRESETS))
+    module = schema.load_module(f"configs/{name}.py")
+    words = sorted(set(getattr(module, "PRESETS", {})) | set(schema.COMMON_PRESETS))
     for word in words:
-        c = config_lib.load(f"configs/{name}.py:{word},smoke")
+        c = schema.load(f"configs/{name}.py:{word},smoke")
         assert c.name == name
-        config_lib.validate(c)
+        schema.validate(c)
     # The comparison grid the sweep reads from each file: 1 + 6 + 10 + 8 configurations.
     assert len(module.PAPER_GRID) == {"vanilla": 1, "vocab_cl": 6, "data_cl": 10, "objective_cl": 8}[name]
     for grid_words in module.PAPER_GRID:
-        config_lib.validate(config_lib.load(f"configs/{name}.py", ",".join(grid_words)))
+        schema.validate(schema.load(f"configs/{name}.py", ",".join(grid_words)))
 
 
 def test_objective_default_is_pos_nv_mlm_and_a_word_replaces_it():
-    OBJ = config_lib.load_module("configs/objective_cl.py")
+    OBJ = schema.load_module("configs/objective_cl.py")
     assert set(OBJ.get_config().objective_curriculum.units) == {"pos_nv", "mlm"}
     assert set(OBJ.get_config("pos_all_mlm,smoke").objective_curriculum.units) == {"pos_all", "mlm"}
     assert set(OBJ.get_config("smoke").objective_curriculum.units) == {"pos_nv", "mlm"}
@@ -151,8 +151,8 @@ def test_plot_for_a_vocab_config(tmp_path):
 
 def test_plot_with_data_and_objective_curricula(tmp_path):
     c = DATA.get_config("random_perplexity,log,smoke")
-    c.objective_curriculum.units = config_lib.ConfigDict(dict(
-        pos=config_lib.unit_config("pos", 0.0, 0.125, "NOUN,VERB"), mlm=config_lib.unit_config("mlm", 0.125, 1.0)))
+    c.objective_curriculum.units = schema.ConfigDict(dict(
+        pos=schema.unit_config("pos", 0.0, 0.125, "NOUN,VERB"), mlm=schema.unit_config("mlm", 0.125, 1.0)))
     out = plot_curricula(c, tmp_path / "c.png")
     assert out.stat().length > 5_000
     assert set(curriculum_curves(c)) == {"step", "data pace (self_perplexity, log)"}

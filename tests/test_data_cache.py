@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from climb_jax import config_lib
+from climb_jax.config import schema
 from climb_jax.constants import BOS_ID, EOS_ID, NUM_POS, NUM_SPECIAL, POS_X
 from climb_jax.data import build as build_lib, cache, corpus as corpus_lib, encoding, remote
 from climb_jax.data.dataset import prepare_data
@@ -39,7 +39,7 @@ def corpus(tmp_path, babylm_mini) -> Path:
 
 @pytest.fixture
 def cfg(corpus, nltk_data):
-    c = config_lib.base_config().data
+    c = schema.base_config().data
     c.corpus = str(corpus)
     c.vocab_size = 500
     c.seq_len = 32
@@ -312,7 +312,7 @@ def test_hugging_face_corpus(tmp_path, nltk_data, corpus):
                 rows[split].append({"text": line, "source": p.name})
     dd = datasets.DatasetDict({k: datasets.Dataset.from_list(v) for k, v in rows.items()})
     dd.save_to_disk(str(tmp_path / "hf"))
-    c = config_lib.base_config().data
+    c = schema.base_config().data
     c.corpus = f"hf:{tmp_path / 'hf'}"
     c.vocab_size, c.seq_len, c.nltk_data, c.num_workers = 500, 32, str(nltk_data), 1
     data = prepare_data(c, tmp_path / "cache", progress=False)

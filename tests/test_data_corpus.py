@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 from ml_collections import ConfigDict
 
-from climb_jax import config_lib
+from climb_jax.config import schema
 from climb_jax.data import corpus as corpus_lib
 from climb_jax.data.corpus import ReadOptions, read_file_lines, split_long_text
 from climb_jax.errors import DataError
 
 
 def data_cfg(corpus, **kw) -> ConfigDict:
-    c = config_lib.base_config().data
+    c = schema.base_config().data
     c.corpus = str(corpus)
     for k, v in kw.items():
         c[k] = v
@@ -213,9 +213,9 @@ def test_line_of_exactly_max_chars_is_not_split(tmp_path):
 
 
 def test_a_corpus_uri_that_cannot_be_opened_is_one_clear_error(tmp_path):
-    from climb_jax import config_lib
+    from climb_jax.config import schema
 
-    c = config_lib.base_config().data
+    c = schema.base_config().data
     c.corpus = "nosuchscheme://bucket/babylm"
     with pytest.raises(DataError, match=r"data.corpus=.nosuchscheme://bucket/babylm.: .nosuchscheme://. is not a location"):
         corpus_lib.find_corpus(c)

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from climb_jax import config_lib
+from climb_jax.config import schema
 from climb_jax.constants import MASK_ID, NUM_SPECIAL
 from climb_jax.curriculum.data_curriculum import DataCurriculum
 from climb_jax.curriculum.pacing import PacingParams
@@ -41,7 +41,7 @@ def rows(n=7, seed=0):
 
 def mesh_or_none():
     n = jax.device_count()
-    return create_mesh(config_lib.base_config().mesh) if n > 1 else None
+    return create_mesh(schema.base_config().mesh) if n > 1 else None
 
 
 def full_logprobs(params, ids):
@@ -91,7 +91,7 @@ def test_one_mask_estimator_against_a_direct_computation(params):
 
 
 def curriculum_config(estimator="pll", update_every=4, fraction=1.0):
-    c = config_lib.base_config()
+    c = schema.base_config()
     c.data_curriculum.scorer = "self_perplexity"
     c.data_curriculum.update_every = update_every
     c.data_curriculum.rescore_fraction = fraction
@@ -111,7 +111,7 @@ def fake_data(n=12):
 def test_schedule_closed_form():
     dc = DataCurriculum.from_config(curriculum_config(update_every=4), fake_data(), MODEL, None)
     assert [dc.segment_end(s, 10) for s in (0, 3, 4, 7, 8, 9)] == [4, 4, 8, 8, 10, 10]
-    static = config_lib.base_config()
+    static = schema.base_config()
     static.data_curriculum.scorer = "ngram_perplexity"
     fixed = DataCurriculum.from_config(static, fake_data(), MODEL, None)
     assert not fixed.rescoring and fixed.segment_end(3, 10) == 10
@@ -164,7 +164,7 @@ EMBEDDED = ("aochildes", "brown_fiction", "brown_nonfiction", "overheard", "scri
 
 
 def source_order_config(mapping):
-    c = config_lib.base_config()
+    c = schema.base_config()
     c.data.corpus = "embedded"
     c.data_curriculum.scorer = "source_order"
     c.data_curriculum.source_order = "custom"

@@ -13,7 +13,7 @@ import types
 import pytest
 
 from climb_jax import evaluate
-from climb_jax.config_lib import base_config
+from climb_jax.config.schema import base_config
 from tests.test_blimp import tiny_tokenizer, write_suite
 from tests.test_evaluator import sample_model
 

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from climb_jax.config_lib import base_config
+from climb_jax.config.schema import base_config
 from climb_jax.constants import BOS_ID, EOS_ID, NUM_SPECIAL
 from climb_jax.errors import ClimbError, DataError
 from climb_jax.eval import perplexity as ppl_lib

@@ -16,7 +16,7 @@ from tokenizers import ByteLevelBPETokenizer, Tokenizer
 from tokenizers.processors import RobertaProcessing
 from transformers import PreTrainedTokenizerFast
 
-from climb_jax import choices
+from climb_jax.config import choices
 from climb_jax.constants import SPECIAL_TOKENS
 from climb_jax.errors import ConfigError, DataError
 from climb_jax.eval import finetune, finetune_config, finetune_model, finetune_selection, tasks
@@ -77,7 +77,7 @@ def test_the_config_file_loads_without_jax():
     import subprocess
     import sys
 
-    code = ("import sys; from climb_jax import config_lib; c = config_lib.load('configs/finetune.py:rte'); "
+    code = ("import sys; from climb_jax.config import schema; c = schema.load('configs/finetune.py:rte'); "
             "assert c.finetune.protocol == 'babylm2023' and 'jax' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 

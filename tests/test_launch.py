@@ -518,13 +518,13 @@ def test_grid_entries_resolve_with_the_config_files(stem):
     spec.loader.exec_module(module)
     entries = [e for e in sweep.comparison_entries() if e.stem == stem]
     assert entries
-    from climb_jax import config_lib
+    from climb_jax.config import schema
 
     resolved = set()
     for entry in entries:
         for extra in ((), ("smoke",)):
             config = module.get_config(",".join(entry.words + extra))
-            config_lib.validate(config)
+            schema.validate(config)
             section = {"vocab_cl": "vocab_curriculum", "data_cl": "data_curriculum"}.get(stem)
             if section:  # <kind or scorer>,<pacing>: the pacing word must reach the config
                 assert config[section].pacing.name == entry.words[1]

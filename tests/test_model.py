@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from climb_jax import config_lib
+from climb_jax.config import schema
 from climb_jax.errors import CheckpointError, ConfigError
 from climb_jax.models import hf_convert
 from climb_jax.models.roberta import (ClassificationHead, Dropout, LMHead, RobertaConfig, RobertaEncoder,
@@ -216,7 +216,7 @@ def test_lm_head_and_classification_head_match_hugging_face(params):
 
 
 def test_config_from_run_config_and_validation():
-    c = config_lib.base_config()
+    c = schema.base_config()
     cfg = RobertaConfig.from_config(c.model, vocab_size=8192)
     assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.intermediate_size) == (8, 256, 8, 2048)
     assert cfg.max_position_embeddings == 512 and cfg.position_table_size == 514 and cfg.dtype == "float32"
@@ -264,7 +264,7 @@ def test_dropout_mask_is_uniform_and_independent_across_keys():
 def test_task_heads_are_built_as_the_reference_builds_them():
     """The reference's heads are `RobertaPreLayerNormLMHead(RobertaConfig(vocab_size, hidden_size))`: plain
     torch modules (PyTorch's default Linear init, decoder bias zero) with layer-norm eps 1e-12."""
-    run_cfg = RobertaConfig.from_config(config_lib.base_config().model, vocab_size=300)
+    run_cfg = RobertaConfig.from_config(schema.base_config().model, vocab_size=300)
     assert (run_cfg.head_init, run_cfg.head_layer_norm_eps) == ("torch", 1e-12)
     assert run_cfg.layer_norm_eps == 1e-5  # the encoder's, from the reference's model config
     cfg = dataclasses.replace(CFG, hidden_size=256, num_heads=4, head_init="torch", head_layer_norm_eps=1e-12)

@@ -5,12 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from climb_jax import config_lib
+from climb_jax.config import schema
 from climb_jax.constants import POS_INDEX
 from climb_jax.curriculum import objectives
 from climb_jax.errors import ConfigError
 
-unit = config_lib.unit_config
+unit = schema.unit_config
 
 
 def _units(**kw):

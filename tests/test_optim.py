@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from climb_jax import config_lib
+from climb_jax.config import schema
 from climb_jax.curriculum import objectives
 from climb_jax.train import optim
 
-unit = config_lib.unit_config
+unit = schema.unit_config
 
 
 def _trainer(total, warmup, lr=1e-3):
-    t = config_lib.base_config().trainer
+    t = schema.base_config().trainer
     t.total_steps, t.warmup_steps, t.lr = total, warmup, lr
     return t
 

@@ -124,7 +124,7 @@ def test_invalid_parameters_are_config_errors(kwargs, message):
 
 
 def test_from_config():
-    from climb_jax.config_lib import pacing_config
+    from climb_jax.config.schema import pacing_config
 
     cfg = pacing_config("root")
     p = PacingParams.from_config(cfg)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from climb_jax import config_lib
+from climb_jax.config import schema
 from climb_jax.constants import BOS_ID, EOS_ID, NUM_SPECIAL
 from climb_jax.train.compile_count import CompileCounter
 from climb_jax.train.setup import RunSetup
@@ -20,12 +20,12 @@ NAME = "synthetic_train_step"
 
 
 def _config():
-    c = config_lib.base_config()
-    config_lib.apply_smoke(c)
+    c = schema.base_config()
+    schema.apply_smoke(c)
     c.model.num_layers, c.model.hidden_size, c.model.num_heads, c.model.intermediate_size = 1, 64, 2, 128
     c.trainer.total_steps, c.trainer.warmup_steps = TOTAL, 2
-    c.objective_curriculum.units = ConfigDict(dict(mlm=config_lib.unit_config("mlm", 0.25, 1.0),
-                                                   nv=config_lib.unit_config("pos", 0.0, 0.25, "pos_noun_verb")))
+    c.objective_curriculum.units = ConfigDict(dict(mlm=schema.unit_config("mlm", 0.25, 1.0),
+                                                   nv=schema.unit_config("pos", 0.0, 0.25, "pos_noun_verb")))
     c.vocab_curriculum.kind = "token_ids"
     return c
 
@@ -123,7 +123,7 @@ def test_hidden_targets_predicted_as_unk_or_excluded():
     counts = {}
     for mode in ("predict_unk", "exclude"):
         c = _config()
-        c.objective_curriculum.units = ConfigDict(dict(mlm=config_lib.unit_config("mlm", 0.0, 1.0)))
+        c.objective_curriculum.units = ConfigDict(dict(mlm=schema.unit_config("mlm", 0.0, 1.0)))
         c.vocab_curriculum.unk_targets = mode
         setup = RunSetup.from_config(c, vocab_size=VOCAB)
         state = setup.init_state(0)

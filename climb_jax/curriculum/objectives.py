@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from climb_jax import choices
+from climb_jax.config import choices
 from climb_jax.constants import POS_INDEX, POS_TAGS
 from climb_jax.errors import ConfigError
 

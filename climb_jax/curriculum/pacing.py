@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from climb_jax.choices import PACING_DEFAULTS, PACING_NAMES, DEFAULT_PACING
+from climb_jax.config.choices import PACING_DEFAULTS, PACING_NAMES, DEFAULT_PACING
 from climb_jax.errors import ConfigError
 
 GROWTH_C = 10.0  # the reference's growth constant for `exp` and `log`

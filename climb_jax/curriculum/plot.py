@@ -14,7 +14,7 @@ import numpy as np
 from etils import epath
 from ml_collections import ConfigDict
 
-from climb_jax import config_lib
+from climb_jax.config import schema
 from climb_jax.curriculum import pacing as pacing_lib
 from climb_jax.curriculum import vocabulary
 
@@ -27,8 +27,8 @@ def _steps(total: int) -> np.ndarray:
 
 def curriculum_curves(config: ConfigDict, vocab_size: int | None = None, parsed=None) -> dict[str, np.ndarray]:
     """The curves `plot_curricula` draws, by label (plus 'step'), for tests and reports. `parsed` is
-    `config_lib.validate(config)` (computed here when not given)."""
-    parsed = parsed or config_lib.validate(config)
+    `schema.validate(config)` (computed here when not given)."""
+    parsed = parsed or schema.validate(config)
     total = parsed.total_steps
     steps = _steps(total)
     curves: dict[str, np.ndarray] = {"step": steps}

@@ -102,7 +102,7 @@ class SelfPerplexityScorer:
         self.batch_size = int(batch_size)
         self.placement = Placement(mesh, batch_sizes=(self.batch_size,), what="data_curriculum.rescore_batch_size")
         out = self.placement.replicated if mesh is not None else None
-        # `estimator` is one of choices.SELF_PERPLEXITY_ESTIMATORS (config_lib.validate checks it).
+        # `estimator` is one of choices.SELF_PERPLEXITY_ESTIMATORS (schema.validate checks it).
         fn = {"pll": lambda: make_masked_nll_fn(model),
               "one_mask": lambda: make_score_fn(model, mask_probability)}[estimator]()
         fn.__name__ = f"self_perplexity_{estimator}"

@@ -23,7 +23,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from climb_jax.choices import VOCAB_KINDS
+from climb_jax.config.choices import VOCAB_KINDS
 from climb_jax.constants import NUM_POS, NUM_SPECIAL, UNK_ID
 from climb_jax.errors import ConfigError
 

@@ -24,7 +24,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from absl import logging
 
-from climb_jax import choices, uri
+from climb_jax import uri
+
+from climb_jax.config import choices
 from climb_jax.errors import DataError
 
 SPLITS = ("train", "dev", "test")

@@ -110,7 +110,7 @@ def cache_dir_for(data_cfg, workdir) -> str:
 
 
 def prepare_data(data_cfg, cache_dir, *, progress: bool = True) -> PreparedData:
-    """The prepared data for `data_cfg` (the config's `data` section, checked by `config_lib.validate`),
+    """The prepared data for `data_cfg` (the config's `data` section, checked by `schema.validate`),
     built into `cache_dir` if needed."""
     cache_dir = Path(str(cache_dir))
     if corpus_lib.remote_uri(str(data_cfg.corpus)):

@@ -30,7 +30,7 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 from transformers import PreTrainedTokenizerBase
 
-from climb_jax.choices import EVAL_METHODS
+from climb_jax.config.choices import EVAL_METHODS
 from climb_jax.constants import BOS_ID, EOS_ID
 from climb_jax.errors import ConfigError
 from climb_jax.eval.batching import DEFAULT_BUCKETS

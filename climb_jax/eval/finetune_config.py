@@ -10,7 +10,7 @@ default. `per_epoch` is this project's earlier recipe (an evaluation after every
 
 A field left unset (`None`, or `()` for the seeds) takes the protocol's value, so
 `--config.finetune.protocol=per_epoch` on the command line switches every such value at once while
-any field set explicitly wins. The section is the one schema: `config_lib.base_config()` carries it
+any field set explicitly wins. The section is the one schema: `schema.base_config()` carries it
 too, so a pre-training run's config can name its fine-tuning data and settings.
 
 This module imports no JAX: the config files and `--help` read it.
@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 
 from ml_collections import ConfigDict, config_dict
 
-from climb_jax import choices
+from climb_jax.config import choices
 from climb_jax.errors import ConfigError
 
 # The values each protocol gives to the fields it decides (every other field has one default).
@@ -112,9 +112,9 @@ def finetune_section(task: str = "rte") -> ConfigDict:
 def default_config(task: str = "rte") -> ConfigDict:
     """The config of `configs/finetune.py`: the run to fine-tune, the `finetune` section, and the base
     config's `mesh` and `distributed` sections."""
-    from climb_jax import config_lib  # late: config_lib builds its base config with finetune_section
+    from climb_jax.config import schema  # late: the schema builds its base config with finetune_section
 
-    base = config_lib.base_config()
+    base = schema.base_config()
     c = ConfigDict()
     c.mode = "finetune"
     c.name = "finetune"
@@ -142,16 +142,16 @@ PRESETS: dict[str, Callable[[ConfigDict], None]] = {
 
 
 def build_config(arg: str | None = None) -> ConfigDict:
-    """`configs/finetune.py:<items>` in the shared preset grammar (config_lib.parse_arg): task names
+    """`configs/finetune.py:<items>` in the shared preset grammar (schema.parse_arg): task names
     (every task word given, in order), a protocol name, `seeds3`/`seeds5`, `smoke` (applied last) and
     key=value items (`finetune.lr=1e-4`, `finetune.text_fields=[premise,hypothesis]`)."""
-    from climb_jax import config_lib
+    from climb_jax.config import schema
 
     c = default_config()
-    task_words = [w for w in config_lib.parse_arg(arg).words if w in choices.TASKS]
+    task_words = [w for w in schema.parse_arg(arg).words if w in choices.TASKS]
     if task_words:
         c.finetune.task = ",".join(dict.fromkeys(task_words))
-    return config_lib.apply_arg(c, arg, PRESETS, smoke=apply_smoke, common={}, where="configs/finetune.py")
+    return schema.apply_arg(c, arg, PRESETS, smoke=apply_smoke, common={}, where="configs/finetune.py")
 
 
 def task_names(ft: Mapping[str, Any]) -> list[str]:

@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from climb_jax.choices import EMBEDDED_SUITE, FULL_BLIMP_SUITE
+from climb_jax.config.choices import EMBEDDED_SUITE, FULL_BLIMP_SUITE
 from climb_jax.errors import ConfigError, DataError
 
 EMBEDDED = EMBEDDED_SUITE

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from climb_jax import choices
+from climb_jax.config import choices
 from climb_jax.errors import ConfigError, DataError
 from climb_jax.eval.metrics import METRICS
 

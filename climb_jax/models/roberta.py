@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from climb_jax import choices
+from climb_jax.config import choices
 from climb_jax.constants import PAD_ID
 from climb_jax.errors import ConfigError
 
@@ -112,12 +112,12 @@ class RobertaConfig:
 
     @classmethod
     def from_config(cls, model_cfg: Mapping[str, Any], vocab_size: int) -> "RobertaConfig":
-        """Builds the config from the `model` section of a run config (`config_lib.base_config`)."""
+        """Builds the config from the `model` section of a run config (`schema.base_config`)."""
         fields = {f.name for f in dataclasses.fields(cls)} - {"vocab_size", "pad_token_id"}
         kwargs = {name: model_cfg[name] for name in fields if name in model_cfg}
         for name in ("num_layers", "hidden_size", "num_heads", "intermediate_size"):
             if name not in kwargs:
-                raise ConfigError(f"the model config has no '{name}'; start from config_lib.base_config().")
+                raise ConfigError(f"the model config has no '{name}'; start from schema.base_config().")
         for name in ("layer_norm_eps", "dropout_rate", "attention_dropout_rate", "initializer_range",
                      "head_layer_norm_eps"):
             if kwargs.get(name) is not None:

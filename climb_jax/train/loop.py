@@ -21,7 +21,7 @@ from absl import logging
 from etils import epath
 from ml_collections import ConfigDict
 
-from climb_jax import config_lib
+from climb_jax.config import schema
 from climb_jax.curriculum.data_curriculum import DataCurriculum, check_corpus_sources
 from climb_jax.data.dataset import cache_dir_for, prepare_data
 from climb_jax.data.pipeline import InputPipeline
@@ -58,7 +58,7 @@ class Trainer:
                  signals: StopSignals | None = None):
         """`stop_at` ends the run early (with a checkpoint) without changing its schedule: for tests and for
         splitting a run into jobs. `signals`: handlers the caller installed before building the run."""
-        parsed = config_lib.validate(config)
+        parsed = schema.validate(config)
         check_suites(config)  # a missing suite is reported before the data is prepared
         check_corpus_sources(config)  # so is a source order that does not fit the corpus
         mesh_lib.setup_runtime(config)

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import jax
 from ml_collections import ConfigDict
 
-from climb_jax import config_lib
+from climb_jax.config import schema
 from climb_jax.curriculum import objectives
 from climb_jax.models.roberta import RobertaConfig
 from climb_jax.train import optim
@@ -38,9 +38,9 @@ class RunSetup:
     txs: dict
 
     @classmethod
-    def from_config(cls, config: ConfigDict, vocab_size: int, parsed: config_lib.Parsed | None = None) -> "RunSetup":
-        """`parsed` is `config_lib.validate(config)` (computed here when not given)."""
-        parsed = parsed or config_lib.validate(config)
+    def from_config(cls, config: ConfigDict, vocab_size: int, parsed: schema.Parsed | None = None) -> "RunSetup":
+        """`parsed` is `schema.validate(config)` (computed here when not given)."""
+        parsed = parsed or schema.validate(config)
         model = dataclasses.replace(parsed.model, vocab_size=int(vocab_size))
         settings = StepSettings.from_config(config, model, parsed.units)
         return cls(config, model, parsed.units, settings, optim.make_optimizers(config.trainer, parsed.units))

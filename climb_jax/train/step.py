@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
-from climb_jax import choices
+from climb_jax.config import choices
 from climb_jax.constants import NUM_SPECIAL
 from climb_jax.curriculum import objectives, pacing, vocabulary
 from climb_jax.curriculum.objectives import Unit

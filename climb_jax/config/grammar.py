@@ -1,7 +1,7 @@
 """The preset grammar of `--config=configs/<file>.py:<items>`, and the config files it names.
 
 One parser for every config file, fine-tuning, the sweep and the run labels (`parse_arg`), and one
-loader for the command line, tests and benchmarks (`load`). `config_lib` re-exports all of it; this
+loader for the command line, tests and benchmarks (`load`). `schema` re-exports all of it; this
 module imports no JAX.
 """
 
@@ -249,7 +249,7 @@ def unknown_word(word: str, valid, parsed: PresetArg, where: str = "", c: Config
 # --------------------------------------------------------------------------------------------
 # Config files: finding and loading them (the command line, tests and benchmarks share this).
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = PROJECT_ROOT / "configs"
 
 

@@ -3,11 +3,11 @@
 Each file in `configs/` has a `get_config(arg)` (ml_collections, big_vision style) that starts from
 `base_config()` and applies `arg` with `apply_arg`: preset words (`smoke`, `large`, `log`, ...) and
 `key=value` items (`trainer.lr=3e-4`; a list in brackets: `finetune.text_fields=[premise,hypothesis]`),
-in the grammar of `config_grammar`. Command-line overrides (`--config.trainer.lr=3e-4`) are applied
-by ml_collections afterwards, and the resolved config is checked by `validate` (`config_check`),
+in the grammar of `grammar`. Command-line overrides (`--config.trainer.lr=3e-4`) are applied
+by ml_collections afterwards, and the resolved config is checked by `validate` (`check`),
 which returns the `Parsed` objects the run uses. The lists of choices and their defaults are
-`climb_jax.choices`. This module re-exports the grammar, the loader and the checks, so config users
-import only `config_lib`.
+`climb_jax.config.choices`. This module re-exports the grammar, the loader and the checks, so config users
+import only `schema`.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from typing import Callable, Mapping
 from ml_collections import config_dict
 from ml_collections.config_dict import ConfigDict
 
-from climb_jax import choices
+from climb_jax.config import choices
 
 # The checks and the grammar (with the loader) live in their own modules; config users import them
 # from here.
-from climb_jax.config_check import (  # noqa: F401
+from climb_jax.config.check import (  # noqa: F401
     CPU_MODEL_FLOPS_PER_CORE, EMBEDDED_MAX_PASSES, Parsed, check_scale, embedded_rows, flops_per_token,
     projected_cpu_seconds, validate)
-from climb_jax.config_grammar import (  # noqa: F401
+from climb_jax.config.grammar import (  # noqa: F401
     CONFIG_DIR, PROJECT_ROOT, PresetArg, Setting, config_files, default_label, format_arg, load, load_module,
     parse_arg, resolve_config_path, set_path, split_spec, suggest, unknown_word)
 
@@ -258,7 +258,7 @@ COMMON_PRESETS: dict[str, Preset] = {
 
 
 # --------------------------------------------------------------------------------------------
-# Applying a preset argument (the grammar: config_grammar.py).
+# Applying a preset argument (the grammar: grammar.py).
 
 
 def apply_arg(c: ConfigDict, arg: str | None, presets: Mapping[str, Preset], *,

@@ -6,7 +6,9 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from climb_jax import aot, config_lib
+from climb_jax.preflight import aot
+
+from climb_jax.config import schema
 from climb_jax.errors import ClimbError
 
 TABLE_SIZES = ("small", "medium", "large")
@@ -23,9 +25,9 @@ TABLE_VARIANTS: dict[str, tuple[str, str, tuple[tuple[str, str], ...]]] = {
 }
 def table_config(variant: str, size: str):
     stem, words, extra = TABLE_VARIANTS[variant]
-    config = config_lib.load_module(f"configs/{stem}.py").get_config(",".join(w for w in (words, size, "bf16") if w))
+    config = schema.load_module(f"configs/{stem}.py").get_config(",".join(w for w in (words, size, "bf16") if w))
     for other, word in extra:
-        config_lib.load_module(f"configs/{other}.py").PRESETS[word](config)
+        schema.load_module(f"configs/{other}.py").PRESETS[word](config)
     with config.unlocked():
         config.label = f"{variant}:{size}"
     return config

@@ -2,7 +2,7 @@
 
 Why one module: a choice list copied into the config schema, the validator, the module that acts on
 the choice, the preset files and the sweep drifts (one copy gains a name, another keeps rejecting
-it). Here each list is a tuple and each default a constant; `config_lib.validate` checks config
+it). Here each list is a tuple and each default a constant; `schema.validate` checks config
 fields against `FIELD_CHOICES`, and the code that acts on a choice imports the same tuple.
 
 This module imports nothing beyond the standard library, so the command line (`--help`), the sweep
@@ -166,7 +166,7 @@ FINETUNE_PROTOCOLS = ("babylm2023", "per_epoch")
 DEFAULT_FINETUNE_PROTOCOL = "babylm2023"
 
 # ================================================================================================
-# Config fields with a fixed list of choices: `config_lib.validate` checks each (dotted key -> tuple).
+# Config fields with a fixed list of choices: `schema.validate` checks each (dotted key -> tuple).
 
 FIELD_CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": DTYPES,

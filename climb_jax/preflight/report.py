@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from climb_jax import accelerators
+from climb_jax.preflight import accelerators
 
 # Fraction of HBM a program may use. The compiler itself refuses a program above about 98% (15.75 of
 # v5e's 16 GiB); the rest of the margin is for what runs beside the step (host transfers of the next

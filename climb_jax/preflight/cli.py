@@ -7,14 +7,14 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from climb_jax.aot import _configure_jax, default_cache_dir, enforce, preflight
+from climb_jax.preflight.aot import _configure_jax, default_cache_dir, enforce, preflight
 from climb_jax.errors import ClimbError, ConfigError
 
 
 def _define_flags():
     from absl import flags
 
-    from climb_jax.aot_table import TABLE_SIZES, TABLE_SLICES, TABLE_VARIANTS
+    from climb_jax.preflight.table import TABLE_SIZES, TABLE_SLICES, TABLE_VARIANTS
 
     flags.DEFINE_string("accelerator_type", None, "TPU slice, e.g. v4-8, v4-32, v5litepod-16, v5p-8, v6e-8.")
     flags.DEFINE_string("topology", None, "libtpu topology name (default: derived from --accelerator_type, "
@@ -68,7 +68,7 @@ def run(argv) -> None:
             if FLAGS.json:
                 print(json.dumps(row), flush=True)
 
-        from climb_jax.aot_table import markdown_table, table_rows
+        from climb_jax.preflight.table import markdown_table, table_rows
 
         rows = table_rows(split(FLAGS.table_sizes), split(FLAGS.table_variants), split(FLAGS.table_slices),
                           cache_dir=cache_dir, progress=progress, cached_only=FLAGS.cached_only)

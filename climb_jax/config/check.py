@@ -1,5 +1,5 @@
 """`validate`: the one place a resolved config is checked and parsed into the objects a run uses,
-and the checks of a run's size against its data and its host. `config_lib` re-exports it.
+and the checks of a run's size against its data and its host. `schema` re-exports it.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any
 
 from ml_collections.config_dict import ConfigDict
 
-from climb_jax import choices
-from climb_jax.config_grammar import PROJECT_ROOT, suggest
+from climb_jax.config import choices
+from climb_jax.config.grammar import PROJECT_ROOT, suggest
 from climb_jax.errors import ConfigError
 
 
@@ -126,7 +126,7 @@ EMBEDDED_MAX_PASSES = 1000
 # through: measured 1.44 at vocab_size 8192 (3604 rows of 128 tokens from 319k words) and 1.77 at the
 # smoke preset's 2048 with per-line boundary tokens (1660 rows from 120k words).
 _TOKENS_PER_WORD = 2.0
-EMBEDDED_TRAIN_DIR = Path(__file__).resolve().parent / "data" / "sample" / "train"
+EMBEDDED_TRAIN_DIR = Path(__file__).resolve().parents[1] / "data" / "sample" / "train"
 
 
 def embedded_rows(data_cfg) -> int:
