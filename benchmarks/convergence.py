@@ -80,7 +80,8 @@ REFERENCE_RECIPE = {
 }
 # Files whose content decides our side's recipe: their hash ties a figure to a state of the code.
 RECIPE_FILES = ("climb_jax/train/step.py", "climb_jax/train/optim.py", "climb_jax/train/masking.py",
-                "climb_jax/curriculum/objectives.py", "climb_jax/models/roberta.py", "climb_jax/schema.py")
+                "climb_jax/curriculum/objectives.py", "climb_jax/models/roberta.py", "climb_jax/models/ops.py",
+                "climb_jax/config/schema.py")
 
 
 def make_config(steps: int, batch: int, seq: int, quick: bool):
@@ -298,10 +299,11 @@ def run(args, out: common.JsonLines) -> dict:
         first = next(stream)
         parity = same_batch_losses(setup, params, ref, first, seed)
         ours, theirs, lr_diff = [], [], {"encoder": 0.0, "mlm_head": 0.0}
-        for ids in [first, *stream]:
+        for k, ids in enumerate([first, *stream]):
             t0 = time.perf_counter()
             state, metrics = compiled.step(state, mesh_lib.global_batch(
-                {"input_ids": ids, "pos_ids": np.zeros_like(ids, np.int8)}, compiled.batch_sharding))
+                {"input_ids": ids, "pos_ids": np.zeros_like(ids, np.int8)}, compiled.batch_sharding),
+                compiled.source.at(k))
             m = jax.device_get({"loss": metrics["loss"], "lr": metrics["learning_rates"],
                                 "overflow": metrics["mlm_overflow"]})
             t1 = time.perf_counter()

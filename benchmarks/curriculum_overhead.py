@@ -107,6 +107,8 @@ class ConfigStep:
         # The same seed gives every configuration the same encoder and MLM head weights.
         self.state = compiled.init()
         self.step_fn = compiled.step
+        self.source = compiled.source  # the host builds each step's curriculum pytree, as training does
+        self.step = 0
         self.batch = None
         self.seen_weights: list[list[float]] = []
         self.seen_paces: list[float] = []
@@ -115,7 +117,7 @@ class ConfigStep:
         """XLA's static count of the compiled step's FLOPs and bytes accessed (a noise-free comparison;
         a `lax.cond` counts every branch). Empty where the backend does not report it."""
         try:
-            cost = self.step_fn.lower(self.state, self.batch).compile().cost_analysis()
+            cost = self.step_fn.lower(self.state, self.batch, self.source.at(self.step)).compile().cost_analysis()
             cost = cost[0] if isinstance(cost, (list, tuple)) else cost
             return {"flops": float(cost["flops"]), "bytes": float(cost["bytes accessed"])}
         except Exception:
@@ -125,14 +127,15 @@ class ConfigStep:
         self.batch = mesh_lib.global_batch(batch, self.batch_sharding)
 
     def go_to(self, fraction: float) -> int:
-        step = int(fraction * self.total_steps)
+        step = self.step = int(fraction * self.total_steps)
         self.state = self.state.replace(step=jax.device_put(jnp.asarray(step, jnp.int32), self.state_sharding.step))
         return step
 
     def run(self, steps: int) -> None:
         metrics = None
         for _ in range(steps):
-            self.state, metrics = self.step_fn(self.state, self.batch)
+            self.state, metrics = self.step_fn(self.state, self.batch, self.source.at(self.step))
+            self.step += 1
         jax.block_until_ready((self.state, metrics))
         self.last = jax.device_get(metrics)
 

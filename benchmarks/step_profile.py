@@ -76,7 +76,7 @@ def profile_ours(ours, steps: int, out: common.JsonLines, size: str, trace_dir: 
     Traces `steps` steps with jax.profiler and sums the time of every compiled op (over all threads):
     by kind (matmul, rng, other) and pass (forward, backward, update), plus the most expensive matmul
     and non-matmul ops."""
-    instrs = hlo_ops(ours.step_fn.lower(ours.state, ours.batch).compile().as_text())
+    instrs = hlo_ops(ours.step_fn.lower(ours.state, ours.batch, ours.source.at(ours.step)).compile().as_text())
     ours.run(1)
     t0 = time.perf_counter()
     jax.profiler.start_trace(trace_dir)

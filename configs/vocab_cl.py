@@ -5,9 +5,11 @@
   python -m climb_jax.main --config=configs/vocab_cl.py:token_ids,root --workdir=...
 
 Preset words (the reference's six vocabulary configs are a kind word with `linear` or `log`):
-  token_ids                 allowed iff the token's frequency rank <= pace * vocabulary size (default)
+  token_ids                 allowed iff the token's id <= pace * vocabulary size (default)
   pos_tags                  allowed iff the token's POS class <= pace * 11 (NOUN, VERB, ADJ, ... X)
-  pos_tags_and_token_ids    allowed iff pos * V + rank <= pace * 11 * V
+  pos_tags_and_token_ids    allowed iff pos * V + id <= pace * 11 * V
+Token ids are the BPE's merge order, as in the reference (`data.token_order=frequency` ranks them by
+training-corpus count instead).
   linear (default), log, quad, root, exp, step   the pacing function
   exclude_unk               leave replaced positions out of the MLM loss (the reference predicts <unk> there)
 Pacing parameters are the reference's (start 6.25% of training, full vocabulary by 87.5%, starting
@@ -21,7 +23,7 @@ from climb_jax.config import schema
 KINDS = choices.VOCAB_CURRICULUM_KINDS
 PACINGS = choices.PACING_WORDS
 # The reference's six vocabulary configs (launch/sweep.py's comparison grid).
-PAPER_GRID = [(kind, pacing) for kind in KINDS for pacing in choices.PAPER_PACINGS]
+PAPER_GRID = [(kind, pacing) for kind in choices.PAPER_VOCAB_KINDS for pacing in choices.PAPER_PACINGS]
 
 
 def _kind(kind):

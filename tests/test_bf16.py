@@ -37,10 +37,10 @@ def _train(config, dtype: str):
     batch_size = int(config.trainer.batch_size)
     order = np.random.default_rng(1)
     losses = []
-    for _ in range(STEPS):
+    for i in range(STEPS):
         rows = order.choice(len(pool["input_ids"]), batch_size, replace=False)
         batch = mesh_lib.global_batch({k: v[rows] for k, v in pool.items()}, compiled.batch_sharding)
-        state, metrics = compiled.step(state, batch)
+        state, metrics = compiled.step(state, batch, compiled.source.at(i))
         losses.append(metrics["loss"])
     return state, np.asarray(jax.device_get(losses), np.float64)
 

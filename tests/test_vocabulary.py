@@ -7,10 +7,12 @@ import pytest
 
 from climb_jax.constants import NUM_POS, NUM_SPECIAL, POS_INDEX, UNK_ID
 from climb_jax.constants import MASK_ID
-from climb_jax.curriculum.vocabulary import VOCAB_KINDS, allowed_vocab_fraction, apply_vocab_curriculum
+from climb_jax.config.choices import PAPER_VOCAB_KINDS
+from climb_jax.curriculum.vocabulary import allowed_vocab_fraction, apply_vocab_curriculum
 from climb_jax.errors import ConfigError
 
 V = 100
+VOCAB_KINDS = ("none", *PAPER_VOCAB_KINDS)  # the word list has its own tests (test_curriculum_source.py)
 X = POS_INDEX["X"]
 # <s> tok tok tok </s> <pad> <mask> <unk>, with POS classes per position.
 IDS = np.array([[0, 5, 20, 60, 2, 1, 4, 3],

@@ -38,7 +38,8 @@ def curriculum_curves(config: ConfigDict, vocab_size: int | None = None, parsed=
         pace = np.asarray(pacing_lib.pace(p, steps, total), np.float64)
         v = int(vocab_size or config.data.vocab_size)
         curves[f"vocabulary pace ({vc.kind}, {p.name})"] = pace
-        curves["allowed vocabulary fraction"] = np.asarray(vocabulary.allowed_vocab_fraction(vc.kind, pace, v))
+        if vc.kind != "word_list":  # a word list's share depends on the tokenizer: the run logs it
+            curves["allowed vocabulary fraction"] = np.asarray(vocabulary.allowed_vocab_fraction(vc.kind, pace, v))
     if parsed.data_pacing is not None:
         p = parsed.data_pacing
         curves[f"data pace ({dc.scorer}, {p.name})"] = np.asarray(pacing_lib.pace(p, steps, total), np.float64)

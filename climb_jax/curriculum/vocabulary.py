@@ -1,25 +1,29 @@
 """The vocabulary curriculum: early in training, tokens outside an allowed set become `<unk>`.
 
-`apply_vocab_curriculum` runs inside the jitted train step. It reads the pacing value as data, so
-the allowed set widens over the run without recompiling; `kind` is a static Python string chosen
-once per run. A token's rank is its id: with `data.token_order=frequency` the data pipeline numbers
-non-special ids by corpus count (the paper's rule), and with `token_order=bpe` raw merge ids give
-the reference's code behaviour, so no rank table is needed. The allowed sets follow CLIMB:
+The allowed set is data, not code: `allowed_vocab` turns a pace into a bool table `[NUM_POS, V]`
+(row = part-of-speech class, column = token id) on the host side of the step, and the compiled step
+only looks tokens up in it (`apply_allowed`). So the set can widen on a schedule or react to the run
+(`curriculum/source.py`) without recompiling, and it need not be a prefix of ids at all (`word_list`).
+The rules, for pace p and vocabulary size V (CLIMB's, plus one of this project's):
 
-  token_ids               allowed iff id <= pace * V
-  pos_tags                allowed iff pos <= pace * 11 (POS_TAGS order: NOUN, VERB, ..., ., X)
-  pos_tags_and_token_ids  allowed iff pos * V + id <= pace * 11 * V
+  token_ids               allowed iff id <= floor(p * V)   (ids in the tokenizer's order, `data.token_order`)
+  pos_tags                allowed iff pos <= floor(p * 11) (POS_TAGS order: NOUN, VERB, ..., ., X)
+  pos_tags_and_token_ids  allowed iff pos * V + id <= floor(p * 11 * V)
+  word_list               allowed iff rank(id) <= r_min + p * (r_max - r_min), where rank(id) is the
+                          lowest rank of a listed word the id spells (`curriculum/word_list.py`); ids
+                          that no listed word covers enter at pace `unlisted_pace`
 
-Special tokens (ids below `NUM_SPECIAL`, including `<pad>` and `<mask>`) are never replaced. At
-pace >= 1 nothing is replaced. The step applies the map after masking as the reference does, so a
-random replacement token outside the allowed set becomes `<unk>` too. This differs from the
-reference only for `pos_tags_and_token_ids`, whose rule keeps every `X`-tagged token (key
-11 * V + id > 11 * V) as `<unk>` even at full pace; the curriculum is meant to end on the whole
-vocabulary.
+Special tokens (ids below `NUM_SPECIAL`, including `<pad>` and `<mask>`) are always allowed, and at
+p >= 1 everything is. The step applies the map after masking as the reference does, so a random
+replacement token outside the allowed set becomes `<unk>` too. Differences from the reference: the
+pace is floored in float32 (exact for integer keys); for `pos_tags_and_token_ids` the reference's rule
+keeps every `X`-tagged token (key 11 * V + id > 11 * V) as `<unk>` even at full pace, while here the
+curriculum ends on the whole vocabulary.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -35,58 +39,57 @@ def _check_kind(kind: str) -> None:
         raise ConfigError(f"vocab_curriculum.kind='{kind}' is not valid; choose one of: {', '.join(VOCAB_KINDS)}.")
 
 
-def apply_vocab_curriculum(kind: str, input_ids, pos_ids, pace, vocab_size: int):
-    """Maps tokens outside the allowed set to `<unk>`.
+def allowed_vocab(kind: str, pace, vocab_size: int, ranks=None, unlisted_pace: float = 1.0):
+    """The ids the model may see at `pace`: bool [NUM_POS, V] (host or jit; `pace` may be traced).
 
-    Args:
-      kind: static curriculum kind (one of `VOCAB_KINDS`).
-      input_ids: int [B, L] token ids.
-      pos_ids: int [B, L] POS class indices (into `POS_TAGS`), same shape.
-      pace: float scalar in [0, 1] (may be traced).
-      vocab_size: static vocabulary size V.
-
-    Returns:
-      (mapped_ids int32 [B, L], replaced bool [B, L]); `replaced` marks the positions set to `<unk>`.
-      The map is idempotent (`<unk>` is special), so applying it again after masking only touches
-      the random replacement tokens.
-    """
+    `ranks` (float32 [V], `inf` for unlisted ids) is needed by `word_list` only."""
     _check_kind(kind)
-    ids = jnp.asarray(input_ids).astype(jnp.int32)
-    if kind == "none":
-        return ids, jnp.zeros(ids.shape, bool)
     if vocab_size <= NUM_SPECIAL:
         raise ConfigError(f"a vocabulary of {vocab_size} ids has no room beyond the {NUM_SPECIAL} special tokens.")
     pace = jnp.asarray(pace, jnp.float32)
-    special = ids < NUM_SPECIAL
-    if kind == "pos_tags":
-        key = jnp.asarray(pos_ids).astype(jnp.int32)
-        limit = pace * MAX_POS
-    elif kind == "token_ids":
-        key, limit = ids, pace * vocab_size
-    else:  # pos_tags_and_token_ids: lexicographic (pos, id) in one integer, as in the reference
-        key = jnp.asarray(pos_ids).astype(jnp.int32) * vocab_size + ids
-        limit = pace * (MAX_POS * vocab_size)
-    # Integer keys compared with a float limit: floor(limit) keeps the comparison exact in float32.
-    replaced = (key > jnp.floor(limit).astype(jnp.int32)) & ~special & (pace < 1.0)
+    ids = jnp.arange(vocab_size, dtype=jnp.int32)[None, :]
+    pos = jnp.arange(NUM_POS, dtype=jnp.int32)[:, None]
+    if kind == "none":
+        return jnp.ones((NUM_POS, vocab_size), bool)
+    if kind == "word_list":
+        if ranks is None:
+            raise ConfigError("vocab_curriculum.kind='word_list' needs vocab_curriculum.word_list (a TSV of word, rank).")
+        ranks = jnp.asarray(ranks, jnp.float32)
+        listed = jnp.isfinite(ranks)
+        low = jnp.min(jnp.where(listed, ranks, jnp.inf))
+        high = jnp.max(jnp.where(listed, ranks, -jnp.inf))
+        ok = jnp.where(listed, ranks <= low + pace * (high - low), pace >= unlisted_pace)[None, :]
+    else:
+        if kind == "pos_tags":
+            key, limit = pos, pace * MAX_POS
+        elif kind == "token_ids":
+            key, limit = ids, pace * vocab_size
+        else:  # pos_tags_and_token_ids: lexicographic (pos, id) in one integer, as in the reference
+            key, limit = pos * vocab_size + ids, pace * (MAX_POS * vocab_size)
+        # Integer keys compared with a float limit: floor(limit) keeps the comparison exact in float32.
+        ok = key <= jnp.floor(limit).astype(jnp.int32)
+    return jnp.broadcast_to(ok | (ids < NUM_SPECIAL) | (pace >= 1.0), (NUM_POS, vocab_size))
+
+
+def apply_allowed(input_ids, pos_ids, allowed):
+    """Maps tokens outside `allowed` (bool [NUM_POS, V], from `allowed_vocab`) to `<unk>`.
+
+    Returns (mapped_ids int32 [B, L], replaced bool [B, L]). The map is idempotent (`<unk>` is
+    special), so applying it again after masking only touches the random replacement tokens."""
+    ids = jnp.asarray(input_ids).astype(jnp.int32)
+    replaced = ~allowed[jnp.asarray(pos_ids).astype(jnp.int32), ids]
     return jnp.where(replaced, UNK_ID, ids).astype(jnp.int32), replaced
 
 
-def allowed_vocab_fraction(kind: str, pace, vocab_size: int):
-    """The share of the curriculum's units allowed at `pace` (float or array; numpy on the host).
+def apply_vocab_curriculum(kind: str, input_ids, pos_ids, pace, vocab_size: int, ranks=None):
+    """`apply_allowed` of the table at `pace` (one call, for tests and analysis)."""
+    return apply_allowed(input_ids, pos_ids, allowed_vocab(kind, pace, vocab_size, ranks))
 
-    token_ids: allowed non-special ids / (V - NUM_SPECIAL); pos_tags: allowed POS classes / 12;
-    pos_tags_and_token_ids: allowed (class, non-special id) pairs / (12 * (V - NUM_SPECIAL)).
-    Specials are always allowed and are left out of both counts. `none` is 1.
-    """
-    _check_kind(kind)
-    p = np.asarray(pace, np.float64)
-    words = vocab_size - NUM_SPECIAL
-    if kind == "none":
-        return np.ones_like(p)
-    if kind == "pos_tags":
-        return np.clip(np.floor(p * MAX_POS) + 1, 0, NUM_POS) / NUM_POS
-    if kind == "token_ids":
-        return np.clip(np.floor(p * vocab_size) - NUM_SPECIAL + 1, 0, words) / words
-    limit = np.floor(p * (MAX_POS * vocab_size))[..., None] - np.arange(NUM_POS) * vocab_size
-    fraction = np.clip(limit - NUM_SPECIAL + 1, 0, words).sum(-1) / (NUM_POS * words)
-    return np.where(p >= 1.0, 1.0, fraction)
+
+def allowed_vocab_fraction(kind: str, pace, vocab_size: int, ranks=None):
+    """The share of the curriculum's units allowed at `pace` (a float or an array of paces; host):
+    allowed (class, non-special id) pairs over all of them, i.e. allowed ids / (V - NUM_SPECIAL) for
+    the id kinds and allowed POS classes / 12 for `pos_tags`. Specials are left out; `none` is 1."""
+    paces = np.asarray(pace, np.float64)
+    share = jax.jit(jax.vmap(lambda p: allowed_vocab(kind, p, vocab_size, ranks)[:, NUM_SPECIAL:].mean()))
+    return np.asarray(share(paces.reshape(-1).astype(np.float32)), np.float64).reshape(paces.shape)

@@ -1,9 +1,12 @@
-"""The pure train step `(state, batch) -> (state, metrics)` over a frozen settings dataclass.
+"""The pure train step `(state, batch, curriculum) -> (state, metrics)` over a frozen settings dataclass.
 
-Everything a curriculum changes during a run is a function of the step counter, computed once per
-step by `curriculum_at` inside the compiled function: the vocabulary pace, which units compute
-their loss, which heads move and every group's learning rate. One compile serves the whole run.
-The data curriculum is not here: the host-side sampler owns the data pace.
+Everything a curriculum changes during a run arrives as the `curriculum` argument, one pytree of fixed
+shapes computed on the host (`curriculum/source.py`): the allowed vocabulary ids, the data difficulty
+threshold, which units compute their loss, which heads move and every group's learning rate. So one
+compile serves the whole run whatever the values, and the host may drive them (a schedule, or a
+controller that watches the loss). The host-side sampler owns which rows are drawn; the threshold only
+zeroes the loss weight of a row scored above it, which the exact sampler never draws (it keeps the
+data curriculum exact when rows arrive shard by shard).
 
 The recipe is the reference's: each active unit's loss is a mean over its targets and the step
 minimises their sum; the encoder's gradient is clipped to norm 1.0 (the heads never are); each
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Mapping, NamedTuple
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +28,7 @@ from ml_collections import ConfigDict
 from climb_jax.config import choices
 from climb_jax.constants import NUM_SPECIAL
 from climb_jax.curriculum import objectives, pacing, vocabulary
+from climb_jax.curriculum.source import Curriculum
 from climb_jax.curriculum.objectives import Unit
 from climb_jax.models.roberta import LMHead, RobertaConfig, RobertaEncoder
 from climb_jax.train import masking, optim
@@ -64,25 +68,6 @@ class StepSettings:
         return self.model.vocab_size
 
 
-class Curriculum(NamedTuple):
-    """The curricula at one step: pure functions of the step counter (host or jit)."""
-
-    vocab_pace: jax.Array  # float32 []: 1.0 without a vocabulary curriculum
-    active: jax.Array  # float32 [U]: 1.0 while a unit's loss is computed (its weight in the total)
-    moves: jax.Array  # bool [U]: whether a unit's head is updated
-    learning_rates: dict  # {group: float32 []} applied at this step (0 for a frozen head)
-
-
-def curriculum_at(s: StepSettings, step) -> Curriculum:
-    """The one definition of every step-dependent value the step reads."""
-    vocab_pace = (jnp.ones((), jnp.float32) if s.vocab_kind == "none"
-                  else jnp.asarray(pacing.pace(s.vocab_pacing, step, s.total_steps), jnp.float32))
-    return Curriculum(vocab_pace=vocab_pace,
-                      active=objectives.unit_weights(s.units, step, s.total_steps),
-                      moves=objectives.head_updates(s.units, step, s.total_steps),
-                      learning_rates=s.learning_rates.at(step))
-
-
 def make_train_step(s: StepSettings, txs: Mapping[str, optax.GradientTransformation]) -> Callable:
     """Builds the pure step function; the caller jits it once (with shardings and donation)."""
     encoder = RobertaEncoder(s.model)
@@ -106,7 +91,7 @@ def make_train_step(s: StepSettings, txs: Mapping[str, optax.GradientTransformat
         return jnp.stack([(nll * mb.weights).sum(), mb.weights.sum(), (correct * mb.weights).sum(),
                           mb.overflow.sum().astype(jnp.float32)])
 
-    def pos_loss(params, u: Unit, ids, pos_ids, remap, key):
+    def pos_loss(params, u: Unit, ids, pos_ids, rows, remap, key):
         k_mask, k_drop = jax.random.split(key)
         labels = objectives.pos_labels(pos_ids, u.tags)
         masked, selected = masking.pos_mask(k_mask, ids, labels, mask_probability_pos=u.mask_probability_pos,
@@ -116,11 +101,11 @@ def make_train_step(s: StepSettings, txs: Mapping[str, optax.GradientTransformat
         hidden = encode(params, remap(masked), k_drop)
         logits = heads[u.head].apply({"params": params[u.head]}, hidden).astype(jnp.float32)
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-        w = selected.astype(jnp.float32)
+        w = selected.astype(jnp.float32) * rows[:, None]
         correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
         return jnp.stack([(nll * w).sum(), w.sum(), (correct * w).sum(), jnp.zeros((), jnp.float32)])
 
-    def unit_grads(params, ids, pos_ids, candidates, remap, weights, key, i):
+    def unit_grads(params, ids, pos_ids, rows, candidates, remap, weights, key, i):
         """One unit's weighted mean loss, its [loss sum, target count, correct count, overflow] and the
         gradient.
 
@@ -134,20 +119,20 @@ def make_train_step(s: StepSettings, txs: Mapping[str, optax.GradientTransformat
 
         def weighted_loss(p):
             st = (mlm_loss(p, u, ids, candidates, remap, k) if u.task == "mlm"
-                  else pos_loss(p, u, ids, pos_ids, remap, k))
+                  else pos_loss(p, u, ids, pos_ids, rows, remap, k))
             return weights[i] * st[0] / jnp.maximum(st[1], 1.0), st
 
         (loss, st), g = jax.value_and_grad(weighted_loss, has_aux=True)(params)
         return loss, st, g
 
-    def loss_and_grads(params, ids, pos_ids, candidates, remap, weights, key):
+    def loss_and_grads(params, ids, pos_ids, rows, candidates, remap, weights, key):
         """The total loss sum_i w_i * mean_loss_i, the units' stats and the gradient of the total (the
         target counts do not depend on the parameters, so the units' gradients simply add up)."""
         total = jnp.zeros((), jnp.float32)
         grads = None
         stats = []
         for i in range(len(s.units)):
-            compute = functools.partial(unit_grads, params, ids, pos_ids, candidates, remap, weights, key, i)
+            compute = functools.partial(unit_grads, params, ids, pos_ids, rows, candidates, remap, weights, key, i)
             if always[i]:
                 loss, st, g = compute()
             else:  # skip the unit's passes while it is inactive; one compiled function either way
@@ -160,18 +145,19 @@ def make_train_step(s: StepSettings, txs: Mapping[str, optax.GradientTransformat
             stats.append(st)
         return total, jnp.stack(stats), grads
 
-    def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
+    def train_step(state: TrainState, batch: Mapping[str, jax.Array], cur: Curriculum):
         step = state.step
-        cur = curriculum_at(s, step)
         raw = batch["input_ids"].astype(jnp.int32)
         pos_ids = batch["pos_ids"].astype(jnp.int32)
-        candidates = raw >= NUM_SPECIAL
+        # bool [B]: the rows the data curriculum allows (batches without scores: benchmarks, pre-flight)
+        in_pace = (batch["score"] <= cur.difficulty_threshold if "score" in batch
+                   else jnp.ones(raw.shape[:1], bool))
+        candidates = (raw >= NUM_SPECIAL) & in_pace[:, None]
         if s.vocab_kind != "none":
             def remap(x):  # the reference maps after masking: random replacements obey the curriculum too
-                return vocabulary.apply_vocab_curriculum(s.vocab_kind, x, pos_ids, cur.vocab_pace, s.vocab_size)[0]
+                return vocabulary.apply_allowed(x, pos_ids, cur.allowed_vocab)[0]
 
-            ids, replaced = vocabulary.apply_vocab_curriculum(s.vocab_kind, raw, pos_ids, cur.vocab_pace,
-                                                              s.vocab_size)
+            ids, replaced = vocabulary.apply_allowed(raw, pos_ids, cur.allowed_vocab)
             if s.unk_targets == "exclude":
                 candidates = candidates & ~replaced
         else:
@@ -180,12 +166,14 @@ def make_train_step(s: StepSettings, txs: Mapping[str, optax.GradientTransformat
 
             ids, replaced = raw, jnp.zeros_like(candidates)
         key = jax.random.fold_in(state.rng, step)
-        loss, stats, grads = loss_and_grads(state.params, ids, pos_ids, candidates, remap, cur.active, key)
+        loss, stats, grads = loss_and_grads(state.params, ids, pos_ids, in_pace.astype(jnp.float32), candidates,
+                                            remap, cur.unit_weights, key)
         clipped = optim.clip_encoder(grads, s.max_grad_norm)
-        gates = {u.head: cur.moves[i] for i, u in enumerate(s.units) if not always[i]}
+        gates = {u.head: cur.head_moves[i] for i, u in enumerate(s.units) if not always[i]}
         params, opt_state = optim.apply_updates(txs, state.opt_state, state.params, clipped.grads,
                                                 cur.learning_rates, gates)
         new_state = state.replace(step=step + 1, params=params, opt_state=opt_state)
+        allowed = cur.allowed_vocab[:, NUM_SPECIAL:]
         metrics = {
             "loss": loss,
             "grad_norm": clipped.encoder_norm,  # the encoder's, before clipping
@@ -193,8 +181,13 @@ def make_train_step(s: StepSettings, txs: Mapping[str, optax.GradientTransformat
             "mlm_overflow": stats[:, 3].sum(),  # selected MLM tokens beyond the static slots (left out)
             "unk_replaced": replaced.sum().astype(jnp.float32),  # real tokens the vocabulary curriculum hid
             "real_tokens": (raw >= NUM_SPECIAL).sum().astype(jnp.float32),
+            "rows_above_threshold": (~in_pace).sum().astype(jnp.float32),  # 0 with the exact sampler
+            # The curriculum as applied: what the log and the plots show.
             "vocab_pace": cur.vocab_pace,
-            "objective_weights": cur.active,
+            "vocab_allowed_ids": allowed.any(axis=0).sum().astype(jnp.float32),
+            "vocab_allowed_fraction": allowed.mean(dtype=jnp.float32),
+            "difficulty_threshold": cur.difficulty_threshold,
+            "objective_weights": cur.unit_weights,
             "learning_rates": cur.learning_rates,
         }
         return new_state, metrics
