@@ -64,10 +64,10 @@ def chip_of(device) -> dict:
 
 
 def torch_step(model_cfg, params, trainer_cfg, device: str, bf16: bool):
-    """The reference's step on `device` (see the module docstring), built on train_step.TorchStep."""
+    """The reference's step on `device` (see the module docstring), built on torch_reference.TorchStep."""
     import torch
 
-    from benchmarks.train_step import TorchStep
+    from benchmarks.torch_reference import TorchStep
     from climb_jax.constants import MASK_ID, NUM_SPECIAL
 
     class DeviceTorchStep(TorchStep):
@@ -180,6 +180,7 @@ def train_and_score(args, step_s: float, emit) -> dict:
     metrics = workdir / "metrics.jsonl"
     if metrics.exists():
         lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        lines = [line for line in lines if "loss" in line]  # not the dev-perplexity measurements' lines
         if lines:
             rec["final_loss"] = lines[-1].get("loss")
             rec["tokens_per_s_in_training"] = lines[-1].get("tokens_per_s")

@@ -5,12 +5,12 @@
   python benchmarks/host_pipeline.py --target_sequences_per_s=30000   # compare with a given rate
 
 For each curriculum, the stages the training loop runs on the host, built exactly as it builds them
-(`prepare_data` -> memory-mapped cache, `DataCurriculum` initial scores, `BatchSampler`,
+(`prepare_data` -> the prepared dataset, `DataCurriculum` initial scores, `BatchSampler`,
 `InputPipeline`, `mesh.global_batch`), timed over four runs of consecutive steps spread across the
 schedule (a batch is a pure function of the step, so any step can be drawn at any time):
 
   sampler     `sampler.indices(step)`: which rows (pacing, percentile, weighted draws)
-  assembly    `pipeline.batch(step)`: indices plus the rows read from the memory-mapped arrays
+  assembly    `pipeline.batch(step)`: indices plus the rows read by random access from the array_record shards
   prefetched  what the consumer of `pipeline.iterate` receives (the background thread at work)
   transfer    `mesh.global_batch` of an assembled batch onto this machine's devices, waited for
   loop        the training loop without the device step: prefetched batches, each put on the devices
@@ -210,8 +210,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             data = prepare_data(config.data, epath.Path(args.cache_dir), progress=False)
             emit({"bench": "host_pipeline_data", "train_sequences": len(data.train), "seq_len": int(config.data.seq_len),
-                  "prepare_s": round(time.perf_counter() - t0, 2), "memory_mapped": isinstance(
-                      data.train.input_ids, np.memmap)})
+                  "prepare_s": round(time.perf_counter() - t0, 2), "prepared": str(data.directory)})
             mesh = mesh_lib.create_mesh(config.mesh)
         steps = schedule_steps(config.trainer.total_steps, batches)
         rates = measure(config, data, steps, mesh)

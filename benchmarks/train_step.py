@@ -46,8 +46,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common, step_profile  # noqa: E402
+from benchmarks.torch_reference import TorchStep  # noqa: E402
 from climb_jax.config import choices as choices_lib  # noqa: E402
-from climb_jax.constants import MASK_ID, NUM_SPECIAL  # noqa: E402
+from climb_jax.constants import NUM_SPECIAL  # noqa: E402
 from climb_jax.models.roberta import RobertaForMaskedLM  # noqa: E402
 from climb_jax.parallel import mesh as mesh_lib  # noqa: E402
 from climb_jax.train.compile_count import CompileCounter  # noqa: E402
@@ -85,6 +86,8 @@ class OurStep:
         self.state = compiled.init()
         self.initial_params = jax.device_get(self.state.params)
         self.step_fn = compiled.step
+        self.source = compiled.source  # each step's curriculum, built on the host as training does
+        self.step = 0
         self.counter = counter
         self.batch = None
         self.last_loss = float("nan")
@@ -95,7 +98,8 @@ class OurStep:
     def run(self, steps: int) -> None:
         metrics = None
         for _ in range(steps):
-            self.state, metrics = self.step_fn(self.state, self.batch)
+            self.state, metrics = self.step_fn(self.state, self.batch, self.source.at(self.step))
+            self.step += 1
         jax.block_until_ready((self.state, metrics))
         self.last_loss = float(metrics["loss"])
 
@@ -103,7 +107,7 @@ class OurStep:
         """XLA's own count of the compiled step's FLOPs (a cross-check of the formula), for the whole
         batch: the compiled program is one device's share, so its count is multiplied by the devices."""
         try:
-            cost = self.step_fn.lower(self.state, self.batch).compile().cost_analysis()
+            cost = self.step_fn.lower(self.state, self.batch, self.source.at(self.step)).compile().cost_analysis()
             if isinstance(cost, (list, tuple)):
                 cost = cost[0]
             return float(cost.get("flops", float("nan"))) * self.mesh.size
@@ -112,93 +116,7 @@ class OurStep:
 
 
 # --------------------------------------------------------------------------------------------
-# The PyTorch reference.
-
-
-class TorchStep:
-    """The reference's stack: HF RobertaPreLayerNormForMaskedLM + torch AdamW + HF-style MLM masking."""
-
-    def __init__(self, model_cfg, params, trainer_cfg, threads: int):
-        import torch
-        import transformers
-        from transformers import RobertaPreLayerNormConfig, RobertaPreLayerNormForMaskedLM
-
-        from climb_jax.models.hf_convert import hf_config_dict, to_hf_state_dict
-
-        self.torch = torch
-        torch.set_num_threads(threads)
-        torch.manual_seed(0)
-        self.vocab = model_cfg.vocab_size
-        self.model = RobertaPreLayerNormForMaskedLM(RobertaPreLayerNormConfig(**hf_config_dict(model_cfg)))
-        state = {k: torch.from_numpy(v) for k, v in to_hf_state_dict(params, model_cfg).items()}
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.endswith("position_ids")]
-        if model_cfg.head_layer_norm_eps is not None:  # the reference's heads: a default RobertaConfig's eps
-            self.model.lm_head.layer_norm.eps = float(model_cfg.head_layer_norm_eps)
-        if missing or unexpected:
-            raise RuntimeError(f"weights do not match the reference model: missing {missing}, unexpected {unexpected}")
-        self.model.train()
-        t = trainer_cfg
-        self.max_grad_norm = float(t.max_grad_norm)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=(t.adam_b1, t.adam_b2),
-                                     eps=t.adam_eps, weight_decay=t.weight_decay)
-        self.sched = transformers.get_linear_schedule_with_warmup(self.opt, t.warmup_steps, t.total_steps)
-        self.gen = torch.Generator().manual_seed(0)
-        self.mask_probability = choices_lib.MLM_MASK_PROBABILITY
-        self.batch = None
-        self.last_loss = float("nan")
-        self.attn_implementation = getattr(self.model.config, "_attn_implementation", "unknown")
-
-    def set_batch(self, batch: dict[str, np.ndarray]) -> None:
-        self.batch = self.torch.from_numpy(np.asarray(batch["input_ids"], np.int64))
-
-    def mask(self, ids):
-        """DataCollatorForLanguageModeling's masking (mlm_probability, 80% <mask>, 10% random, 10% kept)."""
-        torch = self.torch
-        labels = ids.clone()
-        prob = torch.full(ids.shape, self.mask_probability)
-        prob.masked_fill_(ids < NUM_SPECIAL, 0.0)
-        masked = torch.bernoulli(prob, generator=self.gen).bool()
-        labels[~masked] = -100
-        inputs = ids.clone()
-        replaced = torch.bernoulli(torch.full(ids.shape, 0.8), generator=self.gen).bool() & masked
-        inputs[replaced] = MASK_ID
-        rand = torch.bernoulli(torch.full(ids.shape, 0.5), generator=self.gen).bool() & masked & ~replaced
-        words = torch.randint(self.vocab, ids.shape, generator=self.gen)
-        inputs[rand] = words[rand]
-        return inputs, labels
-
-    def forward_context(self):
-        """Around each forward pass: nothing on CPU; `benchmarks/accelerator.py` puts autocast here."""
-        import contextlib
-
-        return contextlib.nullcontext()
-
-    def synchronize(self) -> None:
-        """After the timed steps: nothing on CPU (the work is done when `run` returns)."""
-
-    def run(self, steps: int) -> None:
-        torch = self.torch
-        for _ in range(steps):
-            inputs, labels = self.mask(self.batch)
-            with self.forward_context():
-                out = self.model(input_ids=inputs, attention_mask=torch.ones_like(inputs), labels=labels)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
-            self.opt.step()
-            self.sched.step()
-            self.opt.zero_grad(set_to_none=True)
-        self.synchronize()
-        self.last_loss = float(out.loss.detach())
-
-    def logits(self, ids: np.ndarray) -> np.ndarray:
-        torch = self.torch
-        self.model.eval()
-        with torch.no_grad():
-            t = torch.from_numpy(np.asarray(ids, np.int64))
-            out = self.model(input_ids=t, attention_mask=torch.ones_like(t)).logits.numpy()
-        self.model.train()
-        return out
+# Against the PyTorch reference (benchmarks/torch_reference.py).
 
 
 def parity(ours: OurStep, ref: TorchStep, batch: dict[str, np.ndarray]) -> float:

@@ -1,6 +1,6 @@
 """`python -m climb_jax.aot`: the TPU pre-flight's command (the work lives in `climb_jax.preflight`).
 
-  python -m climb_jax.aot --config=configs/vanilla.py:small,bf16 --accelerator_type=v4-8
+  python -m climb_jax.aot --config=configs/vanilla.py:small,bf16 --accelerator-type=v4-8
   python -m climb_jax.aot --table                # the pre-flight table of launch/README.md
 """
 

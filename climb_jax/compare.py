@@ -1,8 +1,10 @@
 """`python -m climb_jax.compare RUN_DIR... --out=DIR [--baseline=vanilla]`: the comparison report.
 
 RUN_DIR is a training run's workdir, or a folder whose sub-folders are workdirs (a sweep's output).
-Runs are grouped by their config `label` (seeds averaged; runs that have not reached their last step
-are a group of their own); every group is compared with the baseline group. Writes report.md,
+Runs are grouped by their config `label` into arms, seeds averaged. The runs of an arm must differ only
+in their seed (same corpus, model and recipe; `--allow_mixed` pools them anyway) and never repeat one.
+Runs that have not reached their last step are left out and listed (`--include_unfinished`: an arm of
+their own). Every arm is compared with the baseline arm. Writes report.md,
 report.csv, report.json and PNG plots into --out, and prints the summary table and the path of
 report.md.
 """
@@ -14,6 +16,7 @@ import logging
 import sys
 from typing import Sequence
 
+from climb_jax import console
 from climb_jax.errors import ClimbError, print_error
 
 
@@ -28,6 +31,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n_perm", type=int, default=10000, help="sign-flip permutations (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the resampling")
     p.add_argument("--no_plots", action="store_true", help="write the tables only")
+    p.add_argument("--include_unfinished", action="store_true",
+                   help="compare runs that have not reached their last step too, each label's as an arm of its own "
+                        "(default: left out, and listed in the report)")
+    p.add_argument("--allow_mixed", action="store_true",
+                   help="pool runs of one label that differ in more than their seed (corpus, model, recipe); "
+                        "the report names the differences")
     args = p.parse_args(argv)
     if not 0 < args.alpha < 1:
         p.error("--alpha must lie in (0, 1)")
@@ -47,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.run_dirs, args.out,
             baseline=args.baseline or DEFAULT_BASELINE, require_baseline=args.baseline is not None,
             alpha=args.alpha, n_boot=args.n_boot, n_perm=args.n_perm, seed=args.seed,
-            plots=not args.no_plots,
+            plots=not args.no_plots, include_unfinished=args.include_unfinished, allow_mixed=args.allow_mixed,
         )
     except ClimbError as e:
         print_error(e)
@@ -64,4 +73,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with console.guarded():  # `... | head`: the lines nobody reads are dropped, the report is still written
+        status = main()
+    sys.exit(status)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
+
+from climb_jax import console
 
 
 class ClimbError(Exception):
@@ -37,17 +38,18 @@ def print_error(message: object) -> None:
 
     Library threads may still be printing (a progress bar without its newline, the tracebacks of an
     abandoned checkpoint write), so the line starts with a newline and goes to the file descriptor in a
-    single write: it cannot be split by, or glued to, anyone else's output."""
+    single write: it cannot be split by, or glued to, anyone else's output. A stream nobody reads any more
+    (a pipe whose reader exited) drops the line instead of failing."""
     text = f"\nerror: {message}\n"
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        console.GuardedStream(stream).flush()
     try:
         fd = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # a stream without a descriptor (captured in-process)
         sys.stderr.write(text)
         sys.stderr.flush()
         return
-    os.write(fd, text.encode("utf-8", "replace"))
+    console.write_fd(fd, text.encode("utf-8", "replace"))
 
 
 @contextlib.contextmanager

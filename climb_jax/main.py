@@ -15,17 +15,15 @@ import textwrap
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from climb_jax import uri
+from climb_jax import console, uri
 
-from climb_jax.config import choices
-
-from climb_jax.config import schema
+from climb_jax.config import choices, grammar, schema
 from climb_jax.errors import ClimbError, ConfigError, print_error
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/vanilla.py:smoke.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and evaluations (local or gs://).")
-_PROGRESS = flags.DEFINE_boolean("progress", True, "Show progress bars.")
+_PROGRESS = flags.DEFINE_boolean("progress", True, "Progress bars on a terminal; --noprogress: plain lines instead.")
 _PLOT = flags.DEFINE_boolean("plot", True, "Draw the run's curriculum pacing curves to <workdir>/curricula.png.")
 
 _HELP_FLAGS = ("--help", "-h", "--helpshort", "-help", "-?")
@@ -97,6 +95,11 @@ def run(argv) -> None:
     with config.unlocked():
         if not config.label:
             config.label = default_label(_config_arg(sys.argv))
+    from climb_jax.train import ensemble_members
+
+    if ensemble_members.is_ensemble(config):  # several runs trained as one vmapped step
+        _run_ensemble(config, workdir)
+        return
     from climb_jax.train.loop import train_and_evaluate
 
     logging.info("config %s -> workdir %s", config.label, workdir)
@@ -108,6 +111,22 @@ def run(argv) -> None:
     if result["stop_reason"] == "interrupted":  # Ctrl-C: saved, and said how to resume
         sys.exit(130)
     print(f"done: step {result['step']}; outputs in {workdir}", flush=True)
+
+
+def _run_ensemble(config, workdir: str) -> None:
+    from climb_jax.train import ensemble
+
+    members = ensemble.expand(config)
+    print(f"climb_jax: ensemble of {len(members)} runs ({', '.join(m.dirname for m in members)}) -> {workdir}",
+          flush=True)
+    _warn_if_slow_on_cpu(members[0].config)
+    result = ensemble.train_members(members, workdir, progress=_PROGRESS.value)
+    if result["stop_reason"] == "interrupted":
+        sys.exit(130)
+    print(f"ensemble at step {result['step']} ({result['stop_reason']}):", flush=True)
+    for line in ensemble.summary(result):
+        print(line, flush=True)
+    print(f"compare the arms: python -m climb_jax.compare {workdir} --out={workdir}/report", flush=True)
 
 
 def _warn_if_slow_on_cpu(config) -> None:
@@ -217,9 +236,12 @@ def _parse_flags(argv: list[str]) -> list[str]:
         return flags.FLAGS(argv)
     except ClimbError:
         raise
-    except flags.Error as e:
-        raise ClimbError(str(e).rstrip(". ")) from None
-    except (AttributeError, KeyError) as e:
+    except (flags.Error, AttributeError, KeyError) as e:
+        unknown = _unknown_override(argv)
+        if unknown is not None:
+            raise unknown from None
+        if isinstance(e, flags.Error):
+            raise ClimbError(str(e).rstrip(". ")) from None
         inner = e
         while isinstance(inner, BaseException) and inner.args:  # KeyError wrapped in AttributeError
             inner = inner.args[0]
@@ -233,15 +255,37 @@ def _parse_flags(argv: list[str]) -> list[str]:
                          + (f" Did you mean '{hint.group(1)}'?" if hint else "")) from None
 
 
+def _unknown_override(argv: list[str]) -> ConfigError | None:
+    """The error for the first `--config.<key>` override whose key the loaded config lacks, with the
+    nearest field and the fields of its section (`grammar.missing_field`); None if the config file did
+    not load or every key exists."""
+    config = flags.FLAGS["config"].value
+    if config is None:  # the override failed inside the --config flag's own parsing: load the file again
+        try:
+            config = grammar.load(_config_arg(argv))
+        except Exception:  # noqa: BLE001 - the file's own error is reported as it was before
+            return None
+    for a in argv:
+        if a.startswith("--config."):
+            key = a[len("--config."):].split("=", 1)[0]
+            missing = grammar.missing_field(config, key)
+            if missing:
+                return ConfigError(f"unknown config key in --config.{key}: {missing}")
+    return None
+
+
 def main() -> None:
-    try:
-        app.run(run, flags_parser=_parse_flags)
-    except ClimbError as e:
-        print_error(e)
-        sys.exit(2)
-    except KeyboardInterrupt:  # Ctrl-C before the run handles it (training saves and exits 130 itself)
-        print("\ninterrupted; nothing was running that needed saving", file=sys.stderr, flush=True)
-        sys.exit(130)
+    # Writes to a stream whose reader is gone (`2>&1 | tee log`, tee killed by the same Ctrl-C) are dropped:
+    # a stop signal still saves, releases the workdir and exits with its own status.
+    with console.guarded():
+        try:
+            app.run(run, flags_parser=_parse_flags)
+        except ClimbError as e:
+            print_error(e)
+            sys.exit(2)
+        except KeyboardInterrupt:  # Ctrl-C before the run handles it (training saves and exits 130 itself)
+            print("\ninterrupted; nothing was running that needed saving", file=sys.stderr, flush=True)
+            sys.exit(130)
 
 
 if __name__ == "__main__":

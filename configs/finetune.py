@@ -4,7 +4,8 @@
       --config.finetune.data_dir=<folder with rte.train.jsonl, rte.valid.jsonl> --workdir=<same or other dir>
   python -m climb_jax.main --config=configs/finetune.py:rte,mrpc,seeds3 ...   # two tasks, three seeds
   python -m climb_jax.main --config=configs/finetune.py:per_epoch,rte ...     # the per-epoch protocol
-  python -m climb_jax.main --config=configs/finetune.py:smoke ...             # 64 examples, 2 epochs
+  python -m climb_jax.main --config=configs/finetune.py:smoke --config.init_from=<pretraining workdir> \
+      --workdir=<dir>          # 64 examples, 2 epochs; no data_dir: WSC sample shipped in the package
   ... --config.finetune.task=mytask --config.finetune.text_fields=premise,hypothesis \
       --config.finetune.num_classes=3                                        # any other task
   (in the preset argument, a list goes in brackets: configs/finetune.py:finetune.text_fields=[premise,hypothesis])

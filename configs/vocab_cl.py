@@ -8,10 +8,10 @@ Preset words (the reference's six vocabulary configs are a kind word with `linea
   token_ids                 allowed iff the token's id <= pace * vocabulary size (default)
   pos_tags                  allowed iff the token's POS class <= pace * 11 (NOUN, VERB, ADJ, ... X)
   pos_tags_and_token_ids    allowed iff pos * V + id <= pace * 11 * V
-Token ids are the BPE's merge order, as in the reference (`data.token_order=frequency` ranks them by
-training-corpus count instead).
   linear (default), log, quad, root, exp, step   the pacing function
   exclude_unk               leave replaced positions out of the MLM loss (the reference predicts <unk> there)
+Token ids are the BPE's merge order, as in the reference (`data.token_order=frequency` ranks them by
+training-corpus count instead).
 Pacing parameters are the reference's (start 6.25% of training, full vocabulary by 87.5%, starting
 difficulty 0.1); override any of them: --config.vocab_curriculum.pacing.end_percent=0.5
 """

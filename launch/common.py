@@ -146,19 +146,51 @@ def _tee(argv: list[str], env: dict[str, str], log_path: str, out: TextIO) -> in
         return proc.wait()
 
 
+def local_argv(argv: Sequence[str], gcloud: str | None = None) -> list[str]:
+    """`argv` as it runs here: a leading 'gcloud' becomes the gcloud binary (`resolve_gcloud`)."""
+    if argv and argv[0] == "gcloud":
+        return [resolve_gcloud(gcloud), *argv[1:]]
+    return list(argv)
+
+
+def capture(argv: Sequence[str], *, gcloud: str | None = None) -> subprocess.CompletedProcess:
+    """Runs a command and returns its exit status and output (for commands whose output is an answer,
+    such as a state word), without showing it."""
+    try:
+        return subprocess.run(local_argv(argv, gcloud), capture_output=True, text=True)
+    except FileNotFoundError:
+        raise LaunchError(f"cannot run '{argv[0]}': not found. Is it installed and on PATH?") from None
+
+
+def stream(argv: Sequence[str], *, gcloud: str | None = None, out: TextIO | None = None) -> tuple[int, str | None]:
+    """Runs a command, streaming its output; returns its exit status and the last `error: ...` line it
+    printed (a run's own reason for stopping, without the `[worker N] ` prefix), or None."""
+    out = out or sys.stdout
+    last_error = None
+    try:
+        proc = subprocess.Popen(local_argv(argv, gcloud), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1, errors="replace")
+    except FileNotFoundError:
+        raise LaunchError(f"cannot run '{argv[0]}': not found. Is it installed and on PATH?") from None
+    assert proc.stdout is not None
+    with proc.stdout:
+        for line in proc.stdout:
+            out.write(line)
+            out.flush()
+            found = re.search(r"\berror: (.+)", line)
+            if found:
+                last_error = found.group(1).strip()
+    return proc.wait(), last_error
+
+
 def execute(plan: Sequence[Step], *, gcloud: str | None = None, out: TextIO | None = None) -> None:
     """Runs the plan in order and stops at the first failing command with a `LaunchError`."""
     import time
 
     out = out or sys.stdout
-    binary: str | None = None
 
     def argv_of(argv: tuple[str, ...]) -> list[str]:
-        nonlocal binary
-        if argv and argv[0] == "gcloud":
-            binary = binary or resolve_gcloud(gcloud)
-            return [binary, *argv[1:]]
-        return list(argv)
+        return local_argv(argv, gcloud)
 
     for step in plan:
         if isinstance(step, Comment):

@@ -29,6 +29,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from launch.common import REPO_ROOT, LaunchError, run_main  # noqa: E402
+from launch.sweep_scripts import SlurmOptions, render_shell, render_slurm  # noqa: E402
 from climb_jax.config import schema  # noqa: E402
 from climb_jax.errors import ConfigError  # noqa: E402
 
@@ -215,11 +216,7 @@ def grid(
 
 
 # ------------------------------------------------------------------------------------------------
-# Output formats.
-
-
-def _bash_array(commands: list[str]) -> list[str]:
-    return ["COMMANDS=(", *(f"  {shlex.quote(c)}" for c in commands), ")"]
+# Output formats: the commands and the workdirs, one a line.
 
 
 def render_lines(runs: Sequence[Run], python: str = "python") -> str:
@@ -230,68 +227,7 @@ def render_workdirs(runs: Sequence[Run]) -> str:
     return "".join(r.workdir + "\n" for r in runs)
 
 
-def render_shell(runs: Sequence[Run], python: str = "python", repo: str | Path = REPO_ROOT) -> str:
-    """A bash script that runs the sweep one run after another; a failure does not stop the rest."""
-    lines = [
-        "#!/usr/bin/env bash",
-        f"# {len(runs)} runs, one after another; a failed run does not stop the others, the exit status says.",
-        "set -u",
-        f"cd {shlex.quote(str(repo))}",
-        "failed=0",
-    ]
-    for r in runs:
-        lines.append(f"{r.command(python)} || {{ echo {shlex.quote('FAILED: ' + r.name)} >&2; failed=$((failed + 1)); }}")
-    lines += [
-        'if [ "$failed" -gt 0 ]; then',
-        f'  echo "$failed of {len(runs)} runs failed" >&2',
-        "  exit 1",
-        "fi",
-        f'echo "all {len(runs)} runs finished"',
-    ]
-    return "\n".join(lines) + "\n"
-
-
-@dataclass(frozen=True)
-class SlurmOptions:
-    job_name: str = "climb-sweep"
-    partition: str | None = None
-    time: str = "24:00:00"
-    gpus: int = 1
-    cpus_per_task: int = 8
-    mem: str | None = None
-    max_parallel: int | None = None
-    log_dir: str = "logs/slurm"
-
-
-def render_slurm(runs: Sequence[Run], options: SlurmOptions = SlurmOptions(), python: str = "python",
-                 repo: str | Path = REPO_ROOT) -> str:
-    """A Slurm job array script: task i runs command i. Submit with `sbatch FILE`."""
-    array = f"0-{len(runs) - 1}" + (f"%{options.max_parallel}" if options.max_parallel else "")
-    log_dir = options.log_dir if options.log_dir.startswith("/") else f"{str(repo).rstrip('/')}/{options.log_dir}"
-    head = [
-        "#!/bin/bash",
-        f"#SBATCH --job-name={options.job_name}",
-        f"#SBATCH --array={array}",
-        f"#SBATCH --time={options.time}",
-        f"#SBATCH --cpus-per-task={options.cpus_per_task}",
-    ]
-    if options.gpus:
-        head.append(f"#SBATCH --gres=gpu:{options.gpus}")
-    if options.partition:
-        head.append(f"#SBATCH --partition={options.partition}")
-    if options.mem:
-        head.append(f"#SBATCH --mem={options.mem}")
-    head += [
-        f"#SBATCH --chdir={repo}",
-        f"#SBATCH --output={log_dir}/%x_%A_%a.out",
-        f"# {len(runs)} runs. The log folder must exist before `sbatch`: mkdir -p {log_dir}",
-        "set -euo pipefail",
-        f"cd {shlex.quote(str(repo))}",
-        *_bash_array([r.command(python) for r in runs]),
-        'echo "task ${SLURM_ARRAY_TASK_ID}: ${COMMANDS[$SLURM_ARRAY_TASK_ID]}"',
-        'eval "${COMMANDS[$SLURM_ARRAY_TASK_ID]}"',
-    ]
-    return "\n".join(head) + "\n"
+# The shell script and the Slurm job array: launch/sweep_scripts.py.
 
 
 # ------------------------------------------------------------------------------------------------

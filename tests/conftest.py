@@ -34,10 +34,28 @@ def shared_path(*parts: str, what: str = "") -> Path:
     return path
 
 
+# What each data set of `../shared/data` is, for the skip message of a test that needs it.
+SHARED_DATA_SETS = {
+    "babylm_mini": "the babylm_mini corpus",
+    "blimp": "the full BLiMP suite",
+    "blimp_filtered": "the BabyLM-filtered BLiMP suite",
+    "blimp_supplement": "the BLiMP supplement",
+    "glue_filtered": "the BabyLM-filtered (Super)GLUE tasks",
+}
+
+
+class SharedData:
+    """`../shared/data` as the tests use it, `shared_data / "blimp"`: each data set is looked up when the
+    test asks for it, so a test without it is skipped naming the one data set it needs."""
+
+    def __truediv__(self, name: str) -> Path:
+        return shared_path("data", name, what=f"{SHARED_DATA_SETS.get(name, name)} (data/{name})")
+
+
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
+def shared_data() -> SharedData:
     """`../shared/data`: babylm_mini, blimp, blimp_filtered, blimp_supplement, glue_filtered."""
-    return shared_path("data", what="the full data sets (babylm_mini, BLiMP, BLiMP supplement, GLUE)")
+    return SharedData()
 
 
 @pytest.fixture(scope="session")

@@ -37,6 +37,12 @@ def main(cache: str, out: str, kinds: str, cpu_devices: str = "1") -> None:
             c.distributed.coordinator_address = os.environ["CLIMB_TEST_COORDINATOR"]
             c.distributed.num_processes = int(os.environ["CLIMB_TEST_NUM_PROCESSES"])
             c.distributed.process_id = int(os.environ["CLIMB_TEST_PROCESS_ID"])
+            if os.environ.get("CLIMB_TEST_OTHER_DATA") == os.environ["CLIMB_TEST_PROCESS_ID"]:
+                c.data.max_train_words = 20_000  # this process alone prepares (and opens) another dataset
+            if os.environ.get("CLIMB_TEST_SKEW_CURRICULUM") == os.environ["CLIMB_TEST_PROCESS_ID"]:
+                from climb_jax.curriculum.source import CurriculumSource
+
+                CurriculumSource.vocab_pace = lambda self, step: 0.5  # this process alone sets another pace
         workdir = Path(out) / f"{kind}_{os.environ.get('CLIMB_TEST_RUN_TAG') or os.getpid()}"
         train(c, workdir)
         result[kind] = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]

@@ -77,10 +77,10 @@ def _in_save(target: int) -> None:
 
 
 def _in_data_prep(stage: str) -> None:
-    from climb_jax.data import build, cache
+    from climb_jax.data import build, tfds_writer
 
-    targets = {"encode": (build, "assemble"), "manifest": (cache, "write_manifest"),
-               "publish": (cache, "publish")}
+    targets = {"encode": (build, "assemble"), "manifest": (tfds_writer, "write_marker"),
+               "publish": (tfds_writer, "publish")}
     if stage not in targets:
         raise SystemExit(f"kill_in_data_prep: unknown stage '{stage}'; use one of {sorted(targets)}")
     module, attr = targets[stage]

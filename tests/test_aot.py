@@ -13,10 +13,8 @@ import sys
 
 import pytest
 
-from climb_jax.preflight import accelerators
-
-from climb_jax.preflight import aot
-
+from climb_jax.preflight import accelerators, aot
+from climb_jax.preflight import report as aot_report
 from climb_jax.preflight import table as aot_table
 from climb_jax.errors import ConfigError
 from tests.conftest import REPO
@@ -124,14 +122,14 @@ def test_a_run_that_does_not_fit_says_what_to_change():
     assert "--config.model.dtype=bfloat16" in error[0] and "--config.trainer.batch_size=1024" in error[0]
 
 
-def _report(**program) -> aot.Preflight:
+def _report(**program) -> aot_report.Preflight:
     chip = accelerators.TPU_GENERATIONS["v4"].chip
-    step = aot.Program("train_step", **{"argument_bytes": 10, "output_bytes": 10, "alias_bytes": 10,
-                                        "temp_bytes": 5, "code_bytes": 1, "flops": 2.75e14,
-                                        "bytes_accessed": 6e11, **program})
-    return aot.Preflight("v4-8", "v4:2x2x1", 4, 1, chip, "x", "small", "float32", 128, 128, 1000,
-                         {"data": 4, "fsdp": 1, "model": 1}, {"params": 4, "opt_state": 6, "other": 0},
-                         {"train_step": step})
+    step = aot_report.Program("train_step", **{"argument_bytes": 10, "output_bytes": 10, "alias_bytes": 10,
+                                               "temp_bytes": 5, "code_bytes": 1, "flops": 2.75e14,
+                                               "bytes_accessed": 6e11, **program})
+    return aot_report.Preflight("v4-8", "v4:2x2x1", 4, 1, chip, "x", "small", "float32", 128, 128, 1000,
+                                {"data": 4, "fsdp": 1, "model": 1}, {"params": 4, "opt_state": 6, "other": 0},
+                                {"train_step": step})
 
 
 def test_roofline_and_fit_in_closed_form():
@@ -145,14 +143,14 @@ def test_roofline_and_fit_in_closed_form():
 
 
 def test_a_report_over_the_hbm_limit_is_refused_with_advice():
-    r = _report(temp_bytes=int(accelerators.TPU_GENERATIONS["v4"].chip.hbm_bytes * aot.HBM_HEADROOM))
+    r = _report(temp_bytes=int(accelerators.TPU_GENERATIONS["v4"].chip.hbm_bytes * aot_report.HBM_HEADROOM))
     assert not r.fits
     with pytest.raises(ConfigError) as e:
-        aot.enforce(r)
+        aot_report.enforce(r)
     msg = str(e.value)
     assert "does not fit v4-8" in msg and "--config.model.dtype=bfloat16" in msg
     assert "--config.trainer.batch_size=64" in msg and "--config.mesh.fsdp=4" in msg
-    assert aot.Preflight.from_json(r.to_json()) == r  # reports round-trip through the cache format
+    assert aot_report.Preflight.from_json(r.to_json()) == r  # reports round-trip through the cache format
     assert not dataclasses.replace(r, dtype="bfloat16").fits
 
 

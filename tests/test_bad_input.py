@@ -143,6 +143,18 @@ def test_undecodable_bytes_fail_mode_names_file_and_line(messy_corpus, nltk_data
     assert not list((tmp_path / "cache").glob(".tmp-data-*"))
 
 
+def test_a_file_of_random_bytes_stops_the_run_with_one_error_line(tmp_path):
+    root = tmp_path / "corpus"
+    for split in ("train", "dev"):
+        (root / split).mkdir(parents=True)
+        (root / split / f"words.{split}").write_text("a few plain words on a line\n" * 50)
+    (root / "train" / "junk.train").write_bytes(np.random.default_rng(0).bytes(200_000))
+    proc = cli("--config=configs/vanilla.py:smoke", f"--config.data.corpus={root}", f"--workdir={tmp_path / 'run'}")
+    assert_clean_error(proc, r"corpus file .*junk\.train: 4\d\.\d% of its bytes .* are not valid UTF-8, more than "
+                             r"data\.max_undecodable_fraction=0\.2.*set data\.max_undecodable_fraction=1 to train")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_a_single_line_of_megabytes(small_corpus, nltk_data, tmp_path):
     root = _copy(small_corpus, tmp_path / "corpus")
     words = (small_corpus / "train" / "aochildes.train").read_text().split()

@@ -229,7 +229,7 @@ def test_host_pipeline_rates_and_shortfalls(capsys):
                                f"--curricula={','.join(curricula)}", "--target_sequences_per_s=1e12"]) == 0
     recs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     data = next(r for r in recs if r["bench"] == "host_pipeline_data")
-    assert data["memory_mapped"] and data["train_sequences"] > 0
+    assert "climb_corpus" in data["prepared"] and data["train_sequences"] > 0
     rows = {r["curriculum"]: r for r in recs if r["bench"] == "host_pipeline"}
     assert set(rows) == set(curricula)
     for r in rows.values():
@@ -272,3 +272,15 @@ def test_accelerator_quick_reports_rates_compiles_and_mfu():
     chip = accelerator.chip_of(FakeGpu())
     assert chip["peak_bf16_flops"] == accelerators.gpu_chip("h100").peak_bf16_flops == 989e12
     assert accelerator.chip_of(type("Unknown", (), {"platform": "gpu", "device_kind": "X1"})())["chip"] is None
+
+
+def test_checkpoint_stall_times_the_saves_and_restores_what_it_saved():
+    recs = _records(_start("checkpoint_stall.py", "--sizes=tiny", "--saves=2", "--every=3"))
+    saves = [r for r in recs if r["bench"] == "checkpoint_stall"]
+    assert [r["step"] for r in saves] == [3, 6]
+    assert all(len(r["step_s_before"]) == 2 and r["save_call_s"] > 0 for r in saves)
+    summary = next(r for r in recs if r["bench"] == "checkpoint_stall_summary")
+    assert summary["saves"] == 2 and summary["state_mb"] > 1
+    assert summary["restored_step"] == 6 and summary["restored_equal"] is True
+    integrity = next(r for r in recs if r["bench"] == "checkpoint_integrity")
+    assert len(integrity["host_crc32_s"]) == len(integrity["device_digests_s"]) == 5

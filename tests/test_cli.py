@@ -92,3 +92,31 @@ def test_long_run_on_cpu_warns_with_the_projected_time(capsys, monkeypatch):
     assert f"about {hours:,.0f} hours on this host's {cores} CPU cores" in err
     main._warn_if_slow_on_cpu(schema.load("configs/vanilla.py:smoke"))
     assert capsys.readouterr().err == ""
+
+
+def test_a_wrong_override_key_names_the_nearest_field_and_its_sections_fields(tmp_path):
+    top = ", ".join(sorted(schema.base_config().keys()))
+    trainer = ", ".join(sorted(schema.base_config().trainer.keys()))
+    for arg, hint, section in [
+        ("--config.trainng.steps=5", "Did you mean 'trainer'?", f"Fields of the config (top level): {top}."),
+        ("--config.training.total_steps=5", "Did you mean 'trainer'?", f"Fields of the config (top level): {top}."),
+        ("--config.total_steps=5", "Did you mean 'trainer.total_steps'?", f"Fields of the config (top level): {top}."),
+        ("--config.trainer.steps=5", "Did you mean 'total_steps'?", f"Fields of the section trainer: {trainer}."),
+    ]:
+        line = one_error_line(cli("--config=configs/vanilla.py:smoke", arg, f"--workdir={tmp_path / 'run'}"))
+        key = arg.split("=")[0]
+        bad = key.split(".")[1] if "trainer." not in key else key.split(".")[2]
+        assert line == f"error: unknown config key in {key}: there is no field '{bad}'. {hint} {section}", line
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_preflight_usage_line_and_flag_list_spell_flags_alike():
+    import re
+
+    proc = subprocess.run([sys.executable, "-m", "climb_jax.aot", "--help"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    usage, listed = proc.stdout.split("\nFlags:\n", 1)
+    shown = set(re.findall(r"^  --(?:\[no\])?([a-z_-]+)", listed, flags=re.M))
+    used = set(re.findall(r"--([a-z_-]+)=", usage.splitlines()[0])) - {"config.<key>"}
+    assert used == {"config", "accelerator-type"} and used <= shown, (used, shown)

@@ -270,10 +270,20 @@ def test_exports_unfinished_runs_and_field_spellings(tmp_path, capsys):
 
     groups = runs.group_runs(runs.load_run(wd) for wd in runs.find_workdirs([root]))
     assert {k: [r.seed for r in v] for k, v in groups.items()} == {"vanilla": [0, 1], "vanilla (unfinished)": [2]}
+    # By default the unfinished run is left out, and the report says so.
     out = tmp_path / "report"
-    assert compare.main([str(root), f"--out={out}", "--n_boot=100", "--n_perm=100"]) == 0
+    assert compare.main([str(root), f"--out={out}", "--n_boot=100", "--n_perm=100", "--no_plots"]) == 0
+    printed = capsys.readouterr().out
+    assert (f"note: Left out `vanilla` seed 2 ({late}): unfinished: trained to step 75 of 200; --include_unfinished "
+            "compares it as an arm of its own.") in printed
+    assert list(_csv(out / "report.csv")) == ["vanilla"] and _csv(out / "report.csv")["vanilla"]["seeds"] == "0;1"
+    assert json.loads((out / "report.json").read_text())["left_out"] == [
+        {"workdir": str(late), "label": "vanilla", "seed": 2, "why": "unfinished: trained to step 75 of 200"}]
+    # Asked for, it is an arm of its own, never averaged with the finished seeds.
+    assert compare.main([str(root), f"--out={out}", "--n_boot=100", "--n_perm=100", "--include_unfinished"]) == 0
     printed = capsys.readouterr().out
     assert "note: `vanilla (unfinished)` has not finished training (seed 2 at step 75 of 200)" in printed
+    assert "Left out" not in printed
     rows = _csv(out / "report.csv")
     assert rows["vanilla (unfinished)"]["steps"] == "50" and float(rows["vanilla (unfinished)"]["blimp_mean"]) == 1.0
 
@@ -313,3 +323,91 @@ def test_pacing_curves_title_fits_a_single_panel(tmp_path, monkeypatch):
     assert plots.pacing_curves({"vocab_cl:pos_tags-log": [runs.load_run(wd)]}, tmp_path / "pacing.png")
     ((x0, x1, width),) = extents
     assert 0 <= x0 < x1 <= width
+
+
+def _edit_config(wd: Path, **changes) -> None:
+    """Sets dotted config fields of a synthetic run's config.json (`trainer.lr=...`)."""
+    config = json.loads((wd / "config.json").read_text())
+    for key, value in changes.items():
+        *parents, last = key.split(".")
+        node = config
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    (wd / "config.json").write_text(json.dumps(config))
+
+
+@pytest.fixture()
+def two_seeds(tmp_path):
+    """Two finished seeds of `vanilla` that are, so far, one configuration trained on one corpus."""
+    rng = np.random.default_rng(4)
+    wds = [write_run(tmp_path / "sweep", "vanilla", seed, (rng.random(N_PAIRS) < 0.6).astype(float), ppl=10,
+                     rte_correct=np.ones((1, 4))) for seed in (0, 1)]
+    for wd in wds:
+        _edit_config(wd, **{"provenance.corpus_fingerprint": "a" * 64, "data.corpus": f"/data/{wd.name}/babylm"})
+    return tmp_path / "sweep", wds
+
+
+def _one_error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = [line for line in (captured.out + captured.err).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def test_an_arm_pools_only_seeds_of_one_configuration(two_seeds, tmp_path, capsys):
+    root, (a, b) = two_seeds
+    args = [str(root), f"--out={tmp_path / 'out'}", "--n_boot=100", "--n_perm=100", "--no_plots"]
+    # Same corpus content (fingerprint) read from two places: one arm.
+    assert compare.main(args) == 0
+    assert "seeds 0, 1" in capsys.readouterr().out
+
+    _edit_config(b, **{"provenance.corpus_fingerprint": "b" * 64})  # another corpus, same label
+    assert compare.main(args) == 2
+    assert _one_error_line(capsys) == (
+        f"error: the runs labelled 'vanilla' in {a} and {b} differ in corpus fingerprint (aaaaaaaaaaaa... vs "
+        "bbbbbbbbbbbb...), not only in their seed: give them different labels (--config.label), or pass "
+        "--allow_mixed to pool them anyway.")
+
+    _edit_config(b, **{"trainer.lr": 3e-4, "model.num_layers": 2, "trainer.log_every": 7})  # log_every: not the recipe
+    assert compare.main(args) == 2
+    assert _one_error_line(capsys).startswith(
+        f"error: the runs labelled 'vanilla' in {a} and {b} differ in corpus fingerprint (aaaaaaaaaaaa... vs "
+        "bbbbbbbbbbbb...) (and in model.num_layers, trainer.lr), not only in their seed")
+
+    assert compare.main([*args, "--allow_mixed"]) == 0
+    printed = capsys.readouterr().out
+    assert (f"note: `vanilla` pools runs that differ in more than their seed (--allow_mixed): {a} and {b} differ "
+            "in corpus fingerprint, model.num_layers, trainer.lr.") in printed
+    assert "seeds 0, 1" in printed
+
+
+def test_without_fingerprints_the_corpus_location_decides(two_seeds):
+    from climb_jax.analysis import arms
+
+    _, (a, b) = two_seeds
+    run_a, run_b = runs.load_run(a), runs.load_run(b)
+    assert arms.differences(run_a, run_b) == []  # one content, two places
+    del run_b.config["provenance"]  # a run written before fingerprints were recorded
+    assert arms.differences(run_a, run_b) == [("data.corpus", f"/data/{a.name}/babylm", f"/data/{b.name}/babylm")]
+
+
+def test_a_seed_counts_once_in_an_arm(two_seeds, tmp_path, capsys):
+    root, (a, b) = two_seeds
+    _edit_config(b, seed=0)
+    for extra in ([], ["--allow_mixed"]):
+        assert compare.main([str(root), f"--out={tmp_path / 'out'}", "--no_plots", *extra]) == 2
+        assert _one_error_line(capsys) == (
+            f"error: the runs labelled 'vanilla' in {a} and {b} both have seed 0: a seed counts once in an arm's "
+            "mean. Leave one out, or give one another label (--config.label) if it is a different configuration.")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_of_unfinished_runs_only_says_how_to_compare_it(two_seeds, tmp_path, capsys):
+    root, (a, b) = two_seeds
+    for wd in (a, b):
+        _edit_config(wd, **{"trainer.total_steps": 1000})
+    assert compare.main([str(root), f"--out={tmp_path / 'out'}", "--no_plots"]) == 2
+    assert _one_error_line(capsys) == (
+        f"error: none of the 2 runs found has finished training ({a}: unfinished: trained to step 200 of 1000); "
+        "pass --include_unfinished to compare them as they are.")

@@ -257,3 +257,18 @@ def test_projected_cpu_time():
     assert schema.projected_cpu_seconds(c, 2) == pytest.approx(
         tokens * 79_036_416 / (2 * schema.CPU_MODEL_FLOPS_PER_CORE))
     assert schema.projected_cpu_seconds(load("vanilla", "smoke"), 2) < 600
+
+
+def test_missing_field_points_at_the_nearest_field_and_lists_the_section():
+    from climb_jax.config import grammar
+
+    c = load("vanilla", "smoke")
+    assert grammar.missing_field(c, "vocab_curriculum.pacing.name") is None
+    pacing = ", ".join(sorted(c.vocab_curriculum.pacing.keys()))
+    assert grammar.missing_field(c, "vocab_curriculum.pacing.nme") == (
+        f"there is no field 'nme'. Did you mean 'name'? Fields of the section vocab_curriculum.pacing: {pacing}.")
+    assert grammar.missing_field(c, "trainer.lr.x") == "trainer.lr is a float value, not a section with a field 'x'."
+    assert grammar.missing_field(c, "zzz").startswith("there is no field 'zzz'. Fields of the config (top level): ")
+    lr = r"unknown config key 'lr': there is no field 'lr'\. Did you mean 'finetune\.lr' or 'trainer\.lr' or "
+    with pytest.raises(ConfigError, match=lr + r"'objective_curriculum\.units\.mlm\.lr'\? "):
+        schema.set_path(c, "lr", "1e-3")  # the same help for a preset argument's key=value item

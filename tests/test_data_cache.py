@@ -1,4 +1,5 @@
-"""`prepare_data` end to end: arrays, the cache (reuse, rebuild, atomicity, locking), bad corpora."""
+"""`prepare_data` end to end: rows, the prepared dataset (reuse, new versions, rebuild, atomicity, locking),
+bad corpora."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import numpy as np
 import pytest
 
 from climb_jax.config import schema
-from climb_jax.constants import BOS_ID, EOS_ID, NUM_POS, NUM_SPECIAL, POS_X
-from climb_jax.data import build as build_lib, cache, corpus as corpus_lib, encoding, remote
+from climb_jax.constants import BOS_ID, EOS_ID, NUM_POS, NUM_SPECIAL, POS_X, UNK_ID
+from climb_jax.data import build as build_lib, cache, corpus as corpus_lib, encoding, prepared, remote
 from climb_jax.data.dataset import prepare_data
 from climb_jax.errors import DataError
 
@@ -49,26 +50,27 @@ def cfg(corpus, nltk_data):
 
 
 def check_split(split, seq_len, n_sources, layout="reference"):
-    assert isinstance(split.input_ids, np.memmap) and not split.input_ids.flags.writeable
     n = len(split)
     assert split.input_ids.shape == (n, seq_len) and split.input_ids.dtype == np.int32
     assert split.pos_ids.shape == (n, seq_len) and split.pos_ids.dtype == np.int8
+    ids, pos = np.asarray(split.input_ids), np.asarray(split.pos_ids)
+    assert ids.shape == (n, seq_len) and ids.dtype == np.int32 and pos.dtype == np.int8
     assert split.source_ids.shape == (n,) and split.source_ids.dtype == np.int16
     assert split.positions.shape == (n,) and split.positions.dtype == np.float32
-    ids = np.asarray(split.input_ids)
     if layout == "concatenated":
         assert np.all(ids[:, 0] == BOS_ID) and np.all(ids[:, -1] == EOS_ID)
         assert np.all(ids[:, 1:-1] >= NUM_SPECIAL)  # no specials, no padding inside rows
     else:  # line boundaries inside rows, never padding or another special
         special = ids < NUM_SPECIAL
         assert np.all((ids[special] == BOS_ID) | (ids[special] == EOS_ID)) and special.any()
-    assert np.all(split.pos_ids[ids < NUM_SPECIAL] == POS_X) and split.pos_ids.max() < NUM_POS
+    assert np.all(pos[ids < NUM_SPECIAL] == POS_X) and pos.max() < NUM_POS
     assert split.source_ids.min() >= 0 and split.source_ids.max() < n_sources
     assert np.all((split.positions >= 0) & (split.positions < 1))
 
 
 def test_prepare_builds_then_reuses(cfg, tmp_path, monkeypatch):
     cfg.packing = "concatenated"
+    cfg.token_order = "frequency"  # checked below: ids re-numbered by count
     data = prepare_data(cfg, tmp_path / "cache", progress=False)
     assert data.sources == ("aochildes", "brown_fiction", "switchboard")
     for split in (data.train, data.dev, data.test):
@@ -103,7 +105,7 @@ def test_prepare_builds_then_reuses(cfg, tmp_path, monkeypatch):
     assert m["fingerprint"] == data.fingerprint and m["seq_len"] == 32 and m["vocab_size"] == 500
     assert m["splits"]["train"]["rows"] == len(data.train)
     assert m["splits"]["train"]["words"] > 5000 and set(m["splits"]["train"]["per_source"]) == set(SOURCES)
-    assert data.directory == cache.entry_dir(tmp_path / "cache", data.fingerprint)
+    assert data.directory == prepared.version_dir(tmp_path / "cache" / "prepared", data.fingerprint)
 
     # A second call maps the same files without building anything.
     def no_build(*a, **k):
@@ -113,7 +115,8 @@ def test_prepare_builds_then_reuses(cfg, tmp_path, monkeypatch):
     again = prepare_data(cfg, tmp_path / "cache", progress=False)
     assert again.directory == data.directory and again.manifest == data.manifest
     np.testing.assert_array_equal(again.train.input_ids, data.train.input_ids)
-    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == [data.directory.name]
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == ["prepared"]
+    assert [p.name for p in data.directory.parent.parent.iterdir()] == [data.directory.parent.name]
 
 
 def test_changed_corpus_or_setting_gets_a_new_entry(cfg, tmp_path):
@@ -135,22 +138,23 @@ def test_changed_corpus_or_setting_gets_a_new_entry(cfg, tmp_path):
     assert prepare_data(cfg, tmp_path / "cache", progress=False).fingerprint == shorter.fingerprint
 
 
-@pytest.mark.parametrize("damage", ["manifest", "tokenizer", "array", "token_counts"])
+@pytest.mark.parametrize("damage", ["manifest", "tokenizer", "shard", "token_counts"])
 def test_damaged_entry_is_reported_and_rebuilt(cfg, tmp_path, caplog, damage):
     data = prepare_data(cfg, tmp_path / "cache", progress=False)
     d = data.directory
     expected = np.array(data.train.input_ids)
     del data
     if damage == "manifest":  # what a preparation killed before its last write would leave
-        (d / "manifest.json").unlink()
-        why = "has no manifest.json"
+        (d / prepared.MARKER).unlink()
+        why = f"has no {prepared.MARKER}"
     elif damage == "tokenizer":
         (d / "tokenizer" / "tokenizer.json").unlink()
         why = "tokenizer.json is missing"
-    elif damage == "array":
-        with open(d / "train" / "input_ids.npy", "r+b") as f:
-            f.truncate(os.path.getsize(d / "train" / "input_ids.npy") - 128)
-        why = "input_ids.npy has"
+    elif damage == "shard":  # the error names the shard
+        shard = sorted(d.glob("climb_corpus-train.array_record-*"))[1]
+        with open(shard, "r+b") as f:
+            f.truncate(os.path.getsize(shard) - 128)
+        why = f"{shard.name} has"
     else:
         np.save(d / "token_counts.npy", np.zeros(500, np.int64))
         why = "token_counts.npy does not match its checksum"
@@ -158,7 +162,7 @@ def test_damaged_entry_is_reported_and_rebuilt(cfg, tmp_path, caplog, damage):
     assert "will be rebuilt" in caplog.text and why in caplog.text
     assert rebuilt.directory == d
     np.testing.assert_array_equal(rebuilt.train.input_ids, expected)
-    assert cache.check_entry(d, rebuilt.fingerprint)[0] is not None
+    assert prepared.check_version(d, rebuilt.fingerprint)[0] is not None
 
 
 def test_killed_preparation_leaves_no_complete_looking_entry(cfg, tmp_path, monkeypatch):
@@ -174,14 +178,13 @@ def test_killed_preparation_leaves_no_complete_looking_entry(cfg, tmp_path, monk
     monkeypatch.setattr(build_lib, "build", killed)
     with pytest.raises(KeyboardInterrupt):
         prepare_data(cfg, tmp_path / "cache", progress=False)
-    entries = [p for p in (tmp_path / "cache").iterdir() if p.name.startswith("data-") and p.is_dir()]
-    assert entries == [] and not calls[0].exists()
+    assert list((tmp_path / "cache" / "prepared").iterdir()) == [] and not calls[0].exists()
     # A temporary folder left by a process that was killed outright is cleared on the next build.
     monkeypatch.setattr(build_lib, "build", real_build)
     data = prepare_data(cfg, tmp_path / "cache", progress=False)
     leftover = tmp_path / "cache" / f".tmp-data-{data.fingerprint[:16]}-999-deadbeef"
     leftover.mkdir()
-    (data.directory / "manifest.json").unlink()
+    (data.directory / prepared.MARKER).unlink()
     prepare_data(cfg, tmp_path / "cache", progress=False)
     assert not leftover.exists()
 
@@ -226,6 +229,7 @@ def test_concurrent_preparations_build_once(cfg, tmp_path, monkeypatch):
 
 
 def test_bpe_order_keeps_merge_ids(cfg, tmp_path):
+    cfg.token_order = "frequency"
     freq = prepare_data(cfg, tmp_path / "cache", progress=False)
     cfg.token_order = "bpe"
     bpe = prepare_data(cfg, tmp_path / "cache", progress=False)
@@ -236,6 +240,36 @@ def test_bpe_order_keeps_merge_ids(cfg, tmp_path):
     assert not np.all(np.diff(bpe.token_counts[NUM_SPECIAL:]) <= 0)
     vocab = json.loads((bpe.directory / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
     assert vocab["!"] == NUM_SPECIAL  # byte tokens first, in byte order, as the BPE trainer numbers them
+
+
+def test_token_ids_curriculum_ranks_by_the_references_ids_by_default(cfg, tmp_path):
+    """The reference's `token_ids` map (src/vocabulary_curriculum/vocabulary_map/token_id_map.py)
+    replaces every id above pace * V, on its BPE tokenizer's own ids: earliest merges lowest. The
+    default order is those ids, so our `id <= pace * V` rule is the reference's, token for token."""
+    from climb_jax.config import choices
+    from climb_jax.curriculum import vocabulary
+    from tests.helpers import load_config
+
+    assert cfg.token_order == choices.DEFAULT_TOKEN_ORDER == "bpe"
+    assert load_config("vocab_cl").data.token_order == "bpe"
+    data = prepare_data(cfg, tmp_path / "cache", progress=False)
+    spec = json.loads((data.directory / "tokenizer" / "tokenizer.json").read_text())["model"]
+    vocab, merges = spec["vocab"], [m.split(" ") if isinstance(m, str) else m for m in spec["merges"]]
+    # Raw merge ids: the specials, the byte alphabet, then merge k's token at id (alphabet end + k).
+    first_merge = len(vocab) - len(merges)
+    assert [vocab[a + b] for a, b in merges] == list(range(first_merge, len(vocab)))
+    assert sorted(vocab[t] for t in vocab if len(t) == 1 and vocab[t] >= NUM_SPECIAL) == list(
+        range(NUM_SPECIAL, first_merge))
+    V = len(data.tokenizer)
+    ids = np.asarray(data.train.input_ids)
+    pos = np.asarray(data.train.pos_ids)
+    for pace in (0.1, 0.25, 0.5, 0.9):
+        # The reference: masked_fill(ids > pace * V, unk); its pacing starts at 0.1, so pace * V
+        # always covers the specials (ids 0-4), which ours keeps at any pace.
+        reference = np.where(ids > np.float32(pace) * V, UNK_ID, ids)
+        ours, _ = vocabulary.apply_vocab_curriculum("token_ids", ids, pos, pace, V)
+        np.testing.assert_array_equal(np.asarray(ours), reference)
+        assert 0 < (reference == UNK_ID).mean() < 1
 
 
 def test_word_budgets(cfg, tmp_path):

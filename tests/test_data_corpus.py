@@ -9,8 +9,8 @@ import pytest
 from ml_collections import ConfigDict
 
 from climb_jax.config import schema
-from climb_jax.data import corpus as corpus_lib
-from climb_jax.data.corpus import ReadOptions, read_file_lines, split_long_text
+from climb_jax.data import corpus as corpus_lib, sources as sources_lib, text as text_lib
+from climb_jax.data.text import DecodeReport, ReadOptions, read_file_lines, split_long_text
 from climb_jax.errors import DataError
 
 
@@ -30,7 +30,7 @@ def write(path: Path, text: str | bytes) -> Path:
     return path
 
 
-def names(c: corpus_lib.Corpus, split: str) -> list[str]:
+def names(c: sources_lib.Corpus, split: str) -> list[str]:
     return [s.name for s in c.splits[split]]
 
 
@@ -40,13 +40,13 @@ def names(c: corpus_lib.Corpus, split: str) -> list[str]:
     ("split-folders", ("train", "dev", "test")),
 ])
 def test_folder_layouts(tmp_path, layout, folders):
-    for split, folder in zip(corpus_lib.SPLITS, folders):
+    for split, folder in zip(sources_lib.SPLITS, folders):
         for src in ("bnc_spoken", "aochildes"):
             write(tmp_path / folder / f"{src}.{split}", f"{src} {split} line one\nline two\n")
     write(tmp_path / folders[0] / ".DS_Store", "junk")
     c = corpus_lib.find_corpus(data_cfg(tmp_path))
     assert c.layout == layout
-    for split in corpus_lib.SPLITS:
+    for split in sources_lib.SPLITS:
         assert names(c, split) == ["aochildes", "bnc_spoken"]
     assert c.sources == ("aochildes", "bnc_spoken")
     assert list(c.splits["dev"][0].lines(ReadOptions())) == ["aochildes dev line one", "line two"]
@@ -66,7 +66,7 @@ def test_flat_layout_and_babylm_data_parent(tmp_path):
 def test_embedded_sample():
     c = corpus_lib.find_corpus(data_cfg("embedded"))
     expected = ["aochildes", "brown_fiction", "brown_nonfiction", "overheard", "scripts", "switchboard"]
-    for split in corpus_lib.SPLITS:
+    for split in sources_lib.SPLITS:
         assert names(c, split) == expected
     total = sum(p.stat().st_size for p in c.files)
     assert 1_000_000 < total < 3_000_000
@@ -105,7 +105,7 @@ def test_empty_files_are_skipped_and_no_training_text_is_an_error(tmp_path, capl
 
 def test_undecodable_bytes_skip_counts_and_replaces(tmp_path):
     path = write(tmp_path / "x.train", b"good line\nbad \xff\xfe here\n\xe9t\xe9 latin1\nfine \xc3\xa9t\xc3\xa9\n")
-    report = corpus_lib.DecodeReport()
+    report = DecodeReport()
     lines = list(read_file_lines(path, ReadOptions("skip"), report))
     assert lines == ["good line", "bad \ufffd here", "\ufffdt\ufffd latin1", "fine \u00e9t\u00e9"]
     assert report.as_dict() == {str(path): {"bytes": 4, "lines": 2}}
@@ -137,7 +137,7 @@ def test_three_megabyte_line_is_streamed_in_pieces(tmp_path):
     words = [f"w{i}\u00e9" for i in range(400_000)]  # multi-byte characters straddle read boundaries
     path = write(tmp_path / "big.train", ("first line\n" + " ".join(words) + "\nlast line\n").encode())
     assert path.stat().st_size > 3_000_000
-    report = corpus_lib.DecodeReport()
+    report = DecodeReport()
     opts = ReadOptions("fail", max_line_chars=20_000)
     lines = list(read_file_lines(path, opts, report))
     assert lines[0] == "first line" and lines[-1] == "last line"

@@ -175,12 +175,12 @@ def source_order_config(mapping):
 @pytest.fixture
 def no_text_read(monkeypatch):
     """Fails the test if any corpus text is read (only file listings are allowed)."""
-    from climb_jax.data import corpus
+    from climb_jax.data import sources
 
     def refuse(*a, **k):
         raise AssertionError("the corpus text was read")
 
-    monkeypatch.setattr(corpus, "read_file_lines", refuse)
+    monkeypatch.setattr(sources, "read_file_lines", refuse)
 
 
 def test_custom_source_order_is_checked_against_the_corpus_before_any_work(no_text_read):

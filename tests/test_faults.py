@@ -30,6 +30,7 @@ import jax
 import numpy as np
 import pytest
 
+from climb_jax.data import prepared
 from climb_jax.errors import CheckpointError
 from climb_jax.eval.suites import EMBEDDED_DIR as EMBEDDED_BLIMP
 from climb_jax.train.checkpoint import load_run
@@ -279,6 +280,12 @@ def chain(vanilla, tmp_path_factory):
     return _chain
 
 
+def _version(cache: Path) -> Path:
+    """The one prepared version in a cache folder."""
+    (version,) = (cache / "prepared" / prepared.NAME).iterdir()
+    return version / prepared.TFDS_VERSION
+
+
 @pytest.mark.slow
 @link
 def test_sigkill_during_data_preparation_leaves_nothing_that_looks_complete(chain):
@@ -286,7 +293,7 @@ def test_sigkill_during_data_preparation_leaves_nothing_that_looks_complete(chai
     proc = run_cli(chain["args"], f"kill_in_data_prep:{stage}")
     assert_killed(proc, "kill_in_data_prep")
     entries = sorted(p.name for p in chain["cache"].iterdir())
-    assert not [e for e in entries if e.startswith("data-") and not e.endswith(".lock")], entries
+    assert not list((chain["cache"] / "prepared").rglob(prepared.MARKER)), entries
     assert [e for e in entries if e.startswith(".tmp-data-")], entries  # the half-written folder
     assert not (chain["workdir"] / "checkpoints").exists()
 
@@ -298,14 +305,17 @@ def test_sigkill_during_training_before_the_first_checkpoint(chain, vanilla):
     proc = run_cli(chain["args"], f"kill_at_step:{n}")
     assert_killed(proc, "kill_at_step")
     # The rerun rebuilt the data (the half-written folder is gone) into arrays equal to the shared cache's.
-    entries = [p for p in chain["cache"].iterdir() if p.name.startswith("data-") and p.is_dir()]
-    assert len(entries) == 1 and not list(chain["cache"].glob(".tmp-data-*"))
-    ref_entry = next(p for p in Path(vanilla.config.data.cache_dir).iterdir()
-                     if p.name.startswith("data-") and p.is_dir())
-    for rel in ("train/input_ids.npy", "train/pos_ids.npy", "dev/input_ids.npy", "token_counts.npy"):
-        assert (entries[0] / rel).read_bytes() == (ref_entry / rel).read_bytes(), rel
+    entry, ref_entry = _version(chain["cache"]), _version(Path(vanilla.config.data.cache_dir))
+    assert not list(chain["cache"].glob(".tmp-data-*"))
+    assert (entry / "token_counts.npy").read_bytes() == (ref_entry / "token_counts.npy").read_bytes()
+    rows, ref_rows = (prepared.open_rows(e, json.loads((e / prepared.MARKER).read_text())) for e in (entry, ref_entry))
+    assert set(rows) == set(ref_rows)
+    for name in rows:  # the same rows (the shards' bytes hold writer details, not only the rows)
+        for field in ("input_ids", "pos_ids", "source_ids", "scores"):
+            np.testing.assert_array_equal(np.asarray(getattr(rows[name], field)),
+                                          np.asarray(getattr(ref_rows[name], field)), err_msg=f"{name}/{field}")
     assert checkpoint_steps(chain["workdir"]) == []
-    assert [r["step"] for r in metrics(chain["workdir"])] == [10]
+    assert [r["step"] for r in metrics(chain["workdir"]) if "loss" in r] == [10]  # not the dev measurements
 
 
 @pytest.mark.slow
@@ -316,9 +326,10 @@ def test_sigkill_inside_a_checkpoint_save_keeps_the_previous_checkpoint(chain):
     assert int(line.split("files_written=")[1].split()[0]) > 0  # killed with the new checkpoint written, uncommitted
     # The rerun started from scratch (no checkpoint) and did not repeat the log line of the killed run,
     # whose log was kept aside.
-    assert [r["step"] for r in metrics(chain["workdir"])] == [10, 20, 30, 40]
+    assert [r["step"] for r in metrics(chain["workdir"]) if "loss" in r] == [10, 20, 30, 40]
     assert "earlier metrics log was moved to" in proc.stdout
-    assert [json.loads(l)["step"] for l in (chain["workdir"] / "metrics.jsonl.old-1").read_text().splitlines()] == [10]
+    old = map(json.loads, (chain["workdir"] / "metrics.jsonl.old-1").read_text().splitlines())
+    assert [r["step"] for r in old if "loss" in r] == [10]
     assert checkpoint_steps(chain["workdir"]) == [20]
     assert list((chain["workdir"] / "checkpoints").glob("40.orbax-checkpoint-tmp*"))
 
@@ -337,19 +348,18 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(chain):
     assert elapsed < SIGTERM_BOUND_S
     print(f"SIGTERM at step {n}: checkpoint at step {n + 1} and exit {elapsed:.1f} s after the signal")
     # No log line out of schedule: the interval's metrics travel in the checkpoint instead.
-    assert [r["step"] for r in metrics(chain["workdir"])] == [10, 20, 30][: (n + 1) // 10]
+    assert [r["step"] for r in metrics(chain["workdir"]) if "loss" in r] == [10, 20, 30][: (n + 1) // 10]
 
 
 @pytest.mark.slow
 @link
 def test_sigkill_during_the_final_evaluation(chain):
-    # A half-written cache entry as well: the run must notice the truncated array and rebuild it.
-    entry = next(p for p in chain["cache"].iterdir() if p.name.startswith("data-") and p.is_dir())
-    arr = entry / "train" / "input_ids.npy"
+    # A half-written shard as well: the run must notice the truncated shard, name it and rebuild it.
+    arr = sorted(_version(chain["cache"]).glob("climb_corpus-train.array_record-*"))[0]
     arr.write_bytes(arr.read_bytes()[: arr.stat().st_size // 2])
     proc = run_cli(chain["args"], "kill_in_eval")
     assert_killed(proc, "kill_in_eval")
-    assert "input_ids.npy has" in proc.stderr  # reported: "... has N bytes, the manifest says M"
+    assert f"{arr.name} has" in proc.stderr  # reported: "... has N bytes, the manifest says M"
     assert checkpoint_steps(chain["workdir"])[-1] == 40
     assert not (chain["workdir"] / "eval" / "step_000040.json").exists()
 
@@ -358,7 +368,7 @@ def test_sigkill_during_the_final_evaluation(chain):
 @link
 def test_rerun_after_every_fault_equals_the_uninterrupted_run(chain, vanilla):
     # And deleted tokenizer files: the cache entry's (detected by its checksum, rebuilt) and the run's copy.
-    entry = next(p for p in chain["cache"].iterdir() if p.name.startswith("data-") and p.is_dir())
+    entry = _version(chain["cache"])
     (entry / "tokenizer" / "tokenizer.json").unlink()
     (chain["workdir"] / "tokenizer" / "tokenizer.json").unlink()
     proc = run_cli(chain["args"])

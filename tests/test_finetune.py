@@ -94,9 +94,12 @@ def test_config_presets_and_errors(tmp_path):
         finetune.build_config("rtee")
     with pytest.raises(ConfigError, match=r"write the list in brackets: finetune.text_fields=\[premise,hypothesis\]"):
         finetune.build_config("finetune.text_fields=premise,hypothesis")
-    with pytest.raises(ConfigError, match="no fine-tuning data: set finetune.data_dir"):
-        finetune.resolve_data_dir(c.finetune, {"name": "vanilla"})
-    assert finetune.resolve_data_dir(c.finetune, {"finetune": {"data_dir": str(tmp_path)}}) == tmp_path
+    # Smoke without a data folder: the sample shipped in the package; without smoke, no default.
+    assert finetune.resolve_data_dir(c.finetune, {"name": "vanilla"}) == tasks.EMBEDDED_DIR
+    with pytest.raises(ConfigError, match="no fine-tuning data: set finetune.data_dir.*finetune.data_dir=embedded"):
+        finetune.resolve_data_dir(finetune.build_config("rte").finetune, {"name": "vanilla"})
+    assert finetune.resolve_data_dir(finetune.build_config("rte").finetune,
+                                     {"finetune": {"data_dir": str(tmp_path)}}) == tmp_path
     with pytest.raises(ConfigError, match="init_from"):
         finetune.run(c, str(tmp_path))
     bad = finetune.build_config("finetune.task=rte;x")
@@ -463,6 +466,7 @@ def test_run_writes_results_into_the_pretraining_workdir(tiny, tmp_path, monkeyp
                               "finetune.max_train_examples=16,finetune.max_valid_examples=16")
     with c.unlocked():
         c.init_from = str(pre)
+    c.finetune.data_dir = ""  # not the smoke preset's sample
     # No data folder anywhere: a clear error before the checkpoint is loaded.
     (pre / "config.json").write_text(json.dumps({"name": "vanilla", "finetune": {"data_dir": ""}}))
     with pytest.raises(ConfigError, match="no fine-tuning data: set finetune.data_dir .e.g. --config.finetune.data_dir="):
@@ -487,10 +491,45 @@ def test_run_writes_results_into_the_pretraining_workdir(tiny, tmp_path, monkeyp
         assert doc["num_train"] == 16 and doc["num_valid"] == 16
 
         # The limits climb_jax.evaluate passes: examples, epochs and seeds.
-        out = finetune.evaluate_tasks(pre, ["toy"], smoke=True, text_fields="sentence", epochs=1,
+        out = finetune.evaluate_tasks(pre, ["toy"], smoke=True, data_dir=folder, text_fields="sentence", epochs=1,
                                       max_train_examples=16, max_valid_examples=8, seeds=[5], step=300)
     assert out == pre / "finetune" and calls[-1] == (str(pre), 300)
     doc = json.loads((out / "toy.json").read_text())
     assert doc["per_seed"][0]["seed"] == 5 and doc["num_valid"] == 8 and doc["per_seed"][0]["epochs_run"] == 1
     # The same shapes and schedule a second time: the compiled steps are reused.
     assert counter.count("finetune_train_step") == 1
+
+
+def test_smoke_finetunes_on_the_sample_shipped_in_the_package(tiny, tmp_path, monkeypatch):
+    c = finetune.build_config("smoke")
+    assert (c.finetune.data_dir, c.finetune.task) == (choices.EMBEDDED_FINETUNE_DATA, "wsc")
+    assert finetune.build_config("rte,smoke").finetune.task == "rte"  # a task word wins
+    assert finetune.build_config("smoke,finetune.data_dir=/x").finetune.data_dir == "/x"
+    pre = tmp_path / "pretrain"
+    pre.mkdir()
+    (pre / "config.json").write_text(json.dumps({"name": "vanilla", "finetune": {"data_dir": ""}}))
+    loaded = types.SimpleNamespace(config={"name": "vanilla", "seed": 1}, params=tiny.params, step=300,
+                                   model_config=tiny.cfg, tokenizer=tiny.tok, workdir=str(pre))
+    monkeypatch.setattr(finetune, "_load", lambda wd, step: loaded)
+    with c.unlocked():
+        c.init_from = str(pre)
+    assert finetune.run(c, str(pre)) == [pre / "finetune" / "wsc.json"]
+    doc = json.loads((pre / "finetune" / "wsc.json").read_text())
+    assert doc["data_dir"] == str(tasks.EMBEDDED_DIR) and (doc["num_train"], doc["num_valid"]) == (48, 32)
+    assert doc["files"] == {"train": str(tasks.EMBEDDED_DIR / "wsc.train.jsonl"),
+                            "valid": str(tasks.EMBEDDED_DIR / "wsc.valid.jsonl")}
+    assert doc["per_seed"][0]["epochs_run"] == 2 and len(doc["per_seed"][0]["correct"]) == 32
+    # Another task on the sample: what it holds and what to do.
+    rte = finetune.build_config("rte,smoke")
+    with rte.unlocked():
+        rte.init_from = str(pre)
+    with pytest.raises(DataError, match=r"sample shipped in the package \(finetune.data_dir=embedded\) holds only "
+                                        r"wsc; for task 'rte' set finetune.data_dir to a folder with rte.train.jsonl"):
+        finetune.run(rte, str(pre))
+
+
+def test_the_shipped_sample_is_the_first_lines_of_babylms_filtered_wsc(glue):
+    for split, n in (("train", 48), ("valid", 32)):
+        with open(glue / f"wsc.{split}.jsonl", encoding="utf-8") as f:
+            head = [next(f) for _ in range(n)]
+        assert (tasks.EMBEDDED_DIR / f"wsc.{split}.jsonl").read_text(encoding="utf-8") == "".join(head)

@@ -7,6 +7,7 @@ that execute a plan put a stand-in `gcloud` (a shell script that records its arg
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shlex
 import stat
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from launch import common, gpu, sweep, tpu_vm
+from launch import common, gpu, sweep, tpu_vm, watch
 
 REPO = Path(__file__).resolve().parent.parent
 ZONE = "us-central2-b"
@@ -173,6 +174,9 @@ def _all_dry_runs(src: Path, data: Path) -> list[list[str]]:
         ["status", "t", z, "--queued"],
         ["delete", "t", z],
         ["ssh", "t", z, "--worker=1", "--command=nvidia-smi"],
+        ["watch", "t", z, "--accelerator-type=v4-8", "--spot", "--config=configs/vanilla.py", "--workdir=gs://b/r"],
+        ["watch", "t", z, "--accelerator-type=v4-8", "--queued", "--spot", "--config=c.py", "--workdir=gs://b/r",
+         f"--source={src}", "--no-preflight"],
     ]
 
 
@@ -316,6 +320,149 @@ if "describe" in sys.argv:
     _executable(fake, "#!/bin/sh\nexit 7\n")
     assert common.run_main(tpu_vm.main, ["delete", "t", "--zone=z"]) == 2
     assert "exit code 7" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# Spot and preemptible slices: the watch loop, against a stand-in gcloud that simulates a slice.
+
+# The stand-in keeps a small world in a JSON file: the slice's state (None: it does not exist), whether
+# the run is done, and what each run does ("preempted": the slice is taken back mid-run and ssh drops;
+# "done": the run writes done.json; "fails": the run's own error, exit 2). Every call is recorded.
+FAKE_GCLOUD = """#!/usr/bin/env python3
+import json, pathlib, sys
+world = pathlib.Path(WORLD)
+w = json.loads(world.read_text())
+args = sys.argv[1:]
+w["calls"].append(args)
+queued = "queued-resources" in args  # (the run's ssh goes to the TPU VM either way)
+def leave(code=0):
+    world.write_text(json.dumps(w))
+    sys.exit(code)
+if args[:2] == ["storage", "cat"]:
+    if w["done"]:
+        print(json.dumps({"step": 40}))
+        leave()
+    print("ERROR: (gcloud.storage.cat) One or more URLs matched no objects.", file=sys.stderr)
+    leave(1)
+if "describe" in args:
+    if w["state"] is None:
+        print("ERROR: (gcloud.compute.tpus.describe) NOT_FOUND: Resource was not found", file=sys.stderr)
+        leave(1)
+    print(w["state"])
+    if w["state"] in ("WAITING_FOR_RESOURCES", "CREATING"):
+        w["state"] = "ACTIVE" if queued else "READY"
+    leave()
+if "delete" in args:
+    w["state"] = None
+elif "create" in args:
+    if w.get("no_capacity"):
+        print("ERROR: (gcloud.compute.tpus.tpu-vm.create) There is no more capacity in the zone", file=sys.stderr)
+        leave(1)
+    w["state"] = "WAITING_FOR_RESOURCES" if queued else "READY"
+elif any("climb_jax.main" in a for a in args):
+    outcome = w["runs"].pop(0)
+    print("[worker 0] step 20: loss 5.1", flush=True)
+    if outcome == "preempted":
+        w["state"] = "SUSPENDED" if w["state"] == "ACTIVE" else "PREEMPTED"
+        leave(255)
+    if outcome == "fails":
+        print("[worker 0] ")
+        print("[worker 0] error: the loss became nan by step 30; training stopped.")
+        leave(2)
+    w["done"] = True
+leave()
+"""
+
+
+def _watch_world(tmp_path: Path, monkeypatch, state, runs: list[str]) -> Path:
+    world = tmp_path / "world.json"
+    world.write_text(json.dumps({"state": state, "done": False, "runs": runs, "calls": []}))
+    _executable(tmp_path / "gcloud", FAKE_GCLOUD.replace("WORLD", repr(str(world))))
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    return world
+
+
+def _verbs(calls: list[list[str]]) -> list[str]:
+    """Each call in one word: cat, describe, create, delete, scp, ssh (setup) or run."""
+    out = []
+    for c in calls:
+        verb = next(w for w in c if w in ("cat", "describe", "create", "delete", "scp", "ssh"))
+        out.append("run" if any("climb_jax.main" in w for w in c) else verb)
+    return out
+
+
+def _watch_argv(src: Path, *extra: str) -> list[str]:
+    return ["watch", "climb-v4-32", f"--zone={ZONE}", "--accelerator-type=v4-32", "--spot", f"--source={src}",
+            "--config=configs/vanilla.py:small", "--workdir=gs://b/runs/v", "--no-preflight", "--poll-seconds=0",
+            *extra]
+
+
+@pytest.mark.parametrize("queued", [False, True])
+def test_watch_recreates_a_preempted_slice_and_resumes_until_done(tmp_path, monkeypatch, capsys, queued):
+    src = _fake_repo(tmp_path)
+    argv = _watch_argv(src, *(["--queued"] if queued else []))
+    printed = [shlex.split(line)[1:] for line in _dry(capsys, tpu_vm, argv).splitlines() if not line.startswith("#")]
+    world = _watch_world(tmp_path, monkeypatch, state=None, runs=["preempted", "done"])
+    assert common.run_main(tpu_vm.main, argv) == 0
+    calls = json.loads(world.read_text())["calls"]
+    assert [c for c in calls if c not in printed] == []  # every call the loop made is in the dry run
+    setup = ["ssh", "scp", "ssh"]  # mkdir, copy, install
+    waited = ["describe"] if queued else []  # a queued resource waits for capacity after `create`
+    assert _verbs(calls) == [
+        "cat", "describe", "create", *waited, "describe", *setup, "run",  # created, set up, run: taken back
+        "cat", "describe",  # not done; the slice is PREEMPTED (SUSPENDED)
+        "describe", "delete", "create", *waited, "describe", *setup, "run",  # recreated, set up, resumed
+        "cat",  # done
+    ]
+    out = capsys.readouterr()
+    assert "[worker 0] step 20" in out.out and "done: gs://b/runs/v is complete (step 40)" in out.out
+    state = "suspended" if queued else "preempted"
+    assert f"climb-v4-32 is {state}: recreated 1 of at most 10" in out.err
+    assert "relaunched 1 of at most 10" in out.err
+
+
+def test_watch_stops_on_a_run_failure_that_is_not_a_preemption(tmp_path, monkeypatch, capsys):
+    world = _watch_world(tmp_path, monkeypatch, state="READY", runs=["fails", "done"])
+    assert common.run_main(tpu_vm.main, _watch_argv(_fake_repo(tmp_path))) == 2
+    assert _verbs(json.loads(world.read_text())["calls"]) == ["cat", "describe", "ssh", "scp", "ssh", "run", "cat",
+                                                              "describe"]
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: the run failed with exit status 2 and climb-v4-32 is READY, so this is not a "
+                          "preemption: the loss became nan by step 30"), err
+    assert "rerun the same watch command" in err
+
+
+def test_watch_gives_up_after_max_restarts(tmp_path, monkeypatch, capsys):
+    world = _watch_world(tmp_path, monkeypatch, state="READY", runs=["preempted"] * 5)
+    assert common.run_main(tpu_vm.main, _watch_argv(_fake_repo(tmp_path), "--max-restarts=1")) == 2
+    verbs = _verbs(json.loads(world.read_text())["calls"])
+    assert (verbs.count("run"), verbs.count("create"), verbs.count("delete")) == (2, 1, 1)
+    err = capsys.readouterr().err
+    assert "--max-restarts=1" in err and "stopped at its last checkpoint in gs://b/runs/v" in err
+
+
+def test_watch_errors_and_states_it_leaves_to_a_person(tmp_path, monkeypatch, capsys):
+    src = _fake_repo(tmp_path)
+    with pytest.raises(common.LaunchError, match="needs --workdir=gs://"):
+        tpu_vm.plan([*_watch_argv(src), "--workdir=/tmp/runs/v"])
+    with pytest.raises(common.LaunchError, match="queued resources take --spot or --reserved"):
+        tpu_vm.plan([*_watch_argv(src)[:4], "--preemptible", "--queued", *_watch_argv(src)[5:]])
+    with pytest.raises(common.LaunchError, match="watch needs --accelerator-type"):
+        tpu_vm.plan([a for a in _watch_argv(src) if not a.startswith("--accelerator-type")])
+    world = _watch_world(tmp_path, monkeypatch, state="STOPPED", runs=[])
+    assert common.run_main(tpu_vm.main, _watch_argv(src)) == 2
+    assert "climb-v4-32 is STOPPED, which this loop leaves to a person" in capsys.readouterr().err
+    assert _verbs(json.loads(world.read_text())["calls"]) == ["cat", "describe"]
+    world.write_text(json.dumps({"state": None, "done": False, "runs": [], "calls": [], "no_capacity": True}))
+    assert common.run_main(tpu_vm.main, _watch_argv(src)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: could not create climb-v4-32 (command failed with exit code 1") and "--queued" in err
+
+
+def test_watch_waits_for_the_marker_the_training_loop_writes():
+    from climb_jax.train.loop import DONE_FILE
+
+    assert watch.DONE_FILE == DONE_FILE
 
 
 # ------------------------------------------------------------------------------------------------

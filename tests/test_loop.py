@@ -11,7 +11,7 @@ import pytest
 
 from climb_jax.eval.evaluator import Evaluator
 from climb_jax.train import report
-from climb_jax.train.selection import best_step
+from climb_jax.train.selection import best_step, explain
 from climb_jax.train.signals import StopSignals
 from tests.helpers import params_equal, tiny_config, train
 
@@ -28,7 +28,16 @@ def test_best_step_is_the_lowest_mean_and_the_earliest_on_a_tie():
     assert best_step([]) is None
 
 
-def test_final_evaluation_scores_the_checkpoint_with_the_lowest_dev_perplexity(cache, tmp_path, monkeypatch):
+def test_a_last_checkpoint_choice_needs_no_explanation():
+    history = [{"step": s, "mean": m} for s, m in [(5, 9.0), (10, 4.0)]]
+    assert explain({"select": "best_dev_perplexity", "checkpoint_step": 10, "history": history}) is None
+    assert explain({"select": "last", "checkpoint_step": 10, "history": []}) is None
+    assert explain(None) is None
+    assert explain({"select": "best_dev_perplexity", "checkpoint_step": 5, "history": history}).startswith(
+        "the final evaluation scored the checkpoint of step 5, not the last (step 10): its dev pseudo-perplexity 9.0")
+
+
+def test_final_evaluation_scores_the_checkpoint_with_the_lowest_dev_perplexity(cache, tmp_path, monkeypatch, capsys):
     # A stubbed metric sequence at the eight selection points (every 5 steps of 40): the lowest is at 15.
     means = {5: 9.0, 10: 7.0, 15: 4.0, 20: 6.0, 25: 5.0, 30: 8.0, 35: 4.0, 40: 5.0}
     order = iter(sorted(means))
@@ -60,6 +69,11 @@ def test_final_evaluation_scores_the_checkpoint_with_the_lowest_dev_perplexity(c
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())
     assert ckpts == ["40"]
     assert [p.name for p in (tmp_path / "run" / "best_checkpoint").iterdir()] == ["best_15"]
+    # The run says which checkpoint was scored and why, at the end and on a rerun of the finished run.
+    why = ("the final evaluation scored the checkpoint of step 15, not the last (step 40): its dev pseudo-perplexity "
+           "4.0 was the lowest of 8 measurements (step 40: 5.0); eval.select=last scores the last checkpoint instead")
+    assert why in capsys.readouterr().out.splitlines()
+    assert report.complete(tmp_path / "run", 40, "m.jsonl", [], result["eval"], "e.json").endswith(f"; {why}")
 
 
 def test_stop_signals_record_the_first_reason_and_restore_the_handlers():

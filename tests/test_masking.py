@@ -149,3 +149,43 @@ def test_slot_bound_and_overflow_are_counted():
     later = np.asarray(full.positions)[:, 2:][np.asarray(full.weights)[:, 2:] > 0]
     rows = np.broadcast_to(np.arange(32)[:, None], full.positions[:, 2:].shape)[np.asarray(full.weights)[:, 2:] > 0]
     assert not changed[rows, later].any()
+
+
+def test_the_default_configs_select_and_corrupt_as_the_reference():
+    """The probabilities the run configs give, not ones the test passes: `configs/vanilla.py`'s MLM unit
+    selects each non-special token with p = 0.15 and corrupts 90/10/0 (the reference's `mlm` unit,
+    `unmask_probability: 0`); the POS unit of `configs/objective_cl.py` selects tagged tokens with
+    p = 0.4 and the others with 0.15, and corrupts 80/10/10 (the reference's `pos` units)."""
+    from climb_jax.curriculum import objectives
+    from tests.helpers import load_config
+
+    (mlm,) = objectives.parse_units(load_config("vanilla").objective_curriculum.units)
+    pos = next(u for u in objectives.parse_units(load_config("objective_cl").objective_curriculum.units)
+               if u.task == "pos")
+    ids = _batch(b=512)
+    mb = mlm_mask(jax.random.PRNGKey(11), ids, ids >= NUM_SPECIAL, mask_probability=mlm.mask_probability,
+                  random_probability=mlm.random_probability, unmask_probability=mlm.unmask_probability,
+                  vocab_size=V)
+    n, k = 512 * 126, float(mb.weights.sum())  # candidates: every token but <s> and </s>
+    assert abs(k - 0.15 * n) < 4 * math.sqrt(n * 0.15 * 0.85)
+    selected = np.zeros(ids.shape, bool)
+    w = np.asarray(mb.weights) > 0
+    selected[np.broadcast_to(np.arange(512)[:, None], w.shape)[w], np.asarray(mb.positions)[w]] = True
+    observed = _split(ids, mb.input_ids, selected, V)
+    assert _chi_square_p(observed, np.array([0.9 + 0.1 / V, 0.1 / V, 0.1 * (1 - 2 / V)]) * observed.sum()) > 1e-3
+    assert observed[1] < 0.01 * observed.sum()  # 0 % left unchanged
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, size=ids.shape)  # 0: a token whose tag the unit does not predict
+    masked, sel = pos_mask(jax.random.PRNGKey(12), ids, jnp.asarray(labels),
+                           mask_probability_pos=pos.mask_probability_pos,
+                           mask_probability_other=pos.mask_probability_other,
+                           random_probability=pos.random_probability, unmask_probability=pos.unmask_probability,
+                           vocab_size=V)
+    sel = np.asarray(sel)
+    real = np.asarray(ids) >= NUM_SPECIAL
+    for group, p in ((real & (labels > 0), 0.4), (real & (labels == 0), 0.15)):
+        n, k = group.sum(), sel[group].sum()
+        assert abs(k - p * n) < 4 * math.sqrt(n * p * (1 - p)), (k, p * n)
+    observed = _split(ids, masked, sel, V)
+    assert _chi_square_p(observed, np.array([0.8 + 0.1 / V, 0.1 + 0.1 / V, 0.1 * (1 - 2 / V)]) * observed.sum()) > 1e-3

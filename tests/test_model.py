@@ -12,9 +12,9 @@ import pytest
 from climb_jax.config import schema
 from climb_jax.errors import CheckpointError, ConfigError
 from climb_jax.models import hf_convert
-from climb_jax.models.roberta import (ClassificationHead, Dropout, LMHead, RobertaConfig, RobertaEncoder,
-                                      RobertaForMaskedLM, init_params, keep_mask, param_count,
-                                      position_ids)
+from climb_jax.models.ops import Dropout, keep_mask
+from climb_jax.models.roberta import (ClassificationHead, LMHead, RobertaConfig, RobertaEncoder, RobertaForMaskedLM,
+                                      init_params, param_count, position_ids)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

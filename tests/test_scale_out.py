@@ -92,6 +92,29 @@ def test_one_and_eight_devices_give_the_same_losses(tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit())[-1] == "200"
 
 
+def test_processes_on_different_prepared_datasets_stop_before_training(tmp_path):
+    """Two processes of one run, the second pointed at another prepared dataset: both stop before step 0
+    with one error that names both fingerprints, and nothing is trained."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), CLIMB_TEST_NUM_PROCESSES="2",
+               CLIMB_TEST_COORDINATOR=f"localhost:{_free_port()}", CLIMB_TEST_RUN_TAG="mismatch",
+               CLIMB_TEST_OTHER_DATA="1")
+    env.pop("XLA_FLAGS", None)
+    env.pop("JAX_NUM_CPU_DEVICES", None)
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.equivalence_driver", str(tmp_path / f"cache{i}"),
+                               str(tmp_path), "vanilla"], cwd=REPO, env=dict(env, CLIMB_TEST_PROCESS_ID=str(i)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    errors = []
+    for p in procs:
+        _, stderr = p.communicate(timeout=600)
+        assert p.returncode != 0
+        errors.append([l for l in stderr.splitlines() if "DataError" in l][-1])
+    fingerprints = [next((tmp_path / f"cache{i}" / "prepared" / "climb_corpus").iterdir()).name[3:] for i in range(2)]
+    assert fingerprints[0] != fingerprints[1]
+    for line in errors:
+        assert "different prepared datasets" in line and all(fp in line for fp in fingerprints), line
+    assert not (tmp_path / "vanilla_mismatch" / "checkpoints").exists()
+
+
 def test_cpu_device_count_and_late_request():
     import jax
 

@@ -159,3 +159,49 @@ def test_ctrl_c_before_the_first_step_exits_cleanly(cache, tmp_path):
     assert "Traceback" not in run.err and "Fatal Python error" not in run.err, run.err[-3000:]
     assert re.search(r"SIGINT received: (no step was trained|saved a checkpoint at step \d+); rerun the same "
                      r"command to resume", run.out), run.out
+
+
+def _started_into_a_pipe(workdir: Path, cache: Path, *overrides: str) -> subprocess.Popen:
+    """The command line as in `python -m climb_jax.main ... --noprogress 2>&1 | tee log`: stdout and stderr
+    in one pipe, read until the first log line (a plain line: `--noprogress` replaces the bar, never the
+    lines); then the reader exits (as tee does on the same Ctrl-C)."""
+    args = [sys.executable, "-m", "climb_jax.main", "--config=configs/vanilla.py:smoke", *TINY,
+            f"--config.data.cache_dir={cache}", "--config.eval.at_end=false", "--plot=false", "--noprogress",
+            f"--workdir={workdir}", *overrides]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    env.pop("PYTHONUNBUFFERED", None)  # block-buffered, as into a real pipe: text is pending at the signal
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("step 5/"):
+            break
+    proc.stdout.close()  # nobody reads the pipe any more
+    assert seen and seen[-1].startswith("step 5/"), "".join(seen)
+    return proc
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+def test_a_stop_signal_saves_even_when_nobody_reads_the_output(cache, tmp_path, sig, status):
+    """The reader of the pipe is gone when the signal comes: every later write fails, yet the run saves a
+    checkpoint, releases the workdir and exits with the signal's status; a rerun resumes from that
+    checkpoint and logs exactly what an uninterrupted run logs."""
+    steps = ["--config.trainer.total_steps=40", "--config.trainer.log_every=5"]
+    workdir = tmp_path / "run"
+    proc = _started_into_a_pipe(workdir, cache, *steps)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=LIVENESS_S) == status
+    saved = checkpoints(workdir)
+    assert saved and 5 <= saved[-1] < 40, saved
+    assert not (workdir / ".lock").exists()  # released: the next run may use the workdir
+    if sig == signal.SIGTERM:
+        return
+    rerun = Run(workdir, cache, *steps)
+    assert rerun.finish() == 0, rerun.err[-3000:]
+    assert f"resuming from the checkpoint at step {saved[-1]}" in rerun.out
+    reference = Run(tmp_path / "reference", cache, *steps)
+    assert reference.finish() == 0, reference.err[-3000:]
+    from tests.helpers import read_metrics
+
+    assert read_metrics(workdir) == read_metrics(tmp_path / "reference")

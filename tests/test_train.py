@@ -42,8 +42,10 @@ def test_exact_resume_bit_for_bit(cache, tmp_path):
     straight = train(c, tmp_path / "a")
     first = train(c, tmp_path / "b", stop_at=20)
     assert first["stop_reason"] == "stop_at" and first["step"] == 20
+    assert not (tmp_path / "b" / "done.json").exists()  # what launch/watch.py waits for: not yet
     second = train(c, tmp_path / "b")
     assert second["step"] == 40 and second["stop_reason"] == "done"
+    assert json.loads((tmp_path / "b" / "done.json").read_text()) == {"step": 40, "eval": None}
     assert params_equal(straight["state"], second["state"])  # every leaf: step, parameters, optimizer, key
     assert not params_equal(first["state"].params, second["state"].params)
     assert read_metrics(tmp_path / "a") == read_metrics(tmp_path / "b")

@@ -208,6 +208,22 @@ def curricula(config: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _applied_paces(ax, config: Mapping[str, Any], run: Run) -> bool:
+    """An adaptive run's paces as its log recorded them (curriculum.source=adaptive decides them as the
+    run goes), drawn over the schedule the paper's pacing would have followed."""
+    if (config.get("curriculum") or {}).get("source") != "adaptive":
+        return False
+    drawn = False
+    for key, style in (("vocab_pace", "-"), ("data_pace", "--")):
+        points = [(r["step"], r[key]) for r in run.metrics if key in r and isinstance(r.get("step"), int)]
+        if points:
+            steps, values = zip(*points)
+            ax.plot(steps, values, style, color="black", lw=1.4, drawstyle="steps-post",
+                    label=f"{key.split('_')[0]} pace applied (adaptive, seed {run.seed})")
+            drawn = True
+    return drawn
+
+
 def pacing_curves(groups: Mapping[str, list[Run]], path: Path) -> bool:
     """One panel per configuration with a curriculum: pacing curves and objective-unit windows."""
     plans = {label: curricula(runs[0].config) for label, runs in groups.items()}
@@ -238,6 +254,7 @@ def pacing_curves(groups: Mapping[str, list[Run]], path: Path) -> bool:
                     if values is not None:
                         ax.plot(steps, values, style, label=f"{kind} pace ({plan[kind].get('name', '?')})")
                         drawn = True
+        drawn |= _applied_paces(ax, config, groups[label][0])
         units = plan.get("units") or {}
         for i, (name, unit) in enumerate(sorted(units.items())):
             start, end = float(unit.get("start", 0.0)), float(unit.get("end", 1.0))

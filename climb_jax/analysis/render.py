@@ -1,14 +1,13 @@
 """How a comparison reads: the Markdown report, its headline table for the terminal, the flat CSV
-records and the JSON form. Pure formatting of `report.Report`; what is compared, and how, is decided
+records and the JSON form. Pure formatting of `results.Report`; what is compared, and how, is decided
 in `report.summarize`."""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
-if TYPE_CHECKING:
-    from climb_jax.analysis.report import Cell, DiffEntry, Report
+from climb_jax.analysis.results import Cell, DiffEntry, Report
 
 
 def _pct(x: float | None, signed: bool = False) -> str:
@@ -167,6 +166,7 @@ def to_json(rep: Report) -> dict:
         "baseline": rep.baseline,
         "alpha": rep.alpha,
         "notes": rep.notes,
+        "left_out": rep.left_out,
         "rows": [{"label": r.label, "seeds": r.seeds, "workdirs": r.workdirs, "steps": r.steps,
                   "blimp": cell(r.blimp), "blimp_fields": {k: cell(v) for k, v in r.blimp_fields.items()},
                   "supplement": cell(r.supplement), "finetune": {k: cell(v) for k, v in r.finetune.items()},

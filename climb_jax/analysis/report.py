@@ -16,77 +16,20 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from climb_jax.analysis import stats
+from climb_jax.analysis import arms, stats
 from climb_jax.analysis.render import csv_rows, render_markdown, to_json
+from climb_jax.analysis.results import Cell, DiffEntry, Report, Row
 from climb_jax.analysis.runs import Run, Suite, find_workdirs, group_runs, load_run
 from climb_jax.errors import DataError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASELINE = "vanilla"
-
-
-@dataclass
-class Cell:
-    """A configuration's value of one metric: mean and std over its seeds (None = not measured)."""
-
-    mean: float | None
-    std: float | None
-    n: int
-
-    @classmethod
-    def of(cls, values: Sequence[float | None]) -> "Cell":
-        vals = [v for v in values if v is not None and math.isfinite(v)]
-        if not vals:
-            return cls(None, None, 0)
-        return cls(float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, len(vals))
-
-
-@dataclass
-class Row:
-    label: str
-    seeds: list[int]
-    workdirs: list[str]
-    blimp: Cell
-    blimp_fields: dict[str, Cell]
-    supplement: Cell
-    finetune: dict[str, Cell]  # task -> primary metric
-    finetune_avg: Cell  # mean of the primary metrics over all tasks (runs that have every task)
-    perplexity: Cell
-    steps: list[int]  # the checkpoint step each seed's final evaluation used
-
-
-@dataclass
-class DiffEntry:
-    label: str
-    metric: str  # "blimp", "supplement", "finetune:<task>", "finetune_avg", "perplexity"
-    items: str  # "pairs", "paradigms", "examples", "seeds"
-    result: stats.Difference
-
-
-@dataclass
-class Report:
-    baseline: str | None
-    alpha: float
-    rows: list[Row]
-    fields: list[str]
-    tasks: dict[str, str]  # task -> primary metric name
-    diffs: list[DiffEntry]
-    paradigm_diffs: dict[str, dict[str, float]]  # label -> paradigm -> mean diff to baseline
-    notes: list[str] = field(default_factory=list)
-
-    def diff(self, label: str, metric: str) -> DiffEntry | None:
-        for d in self.diffs:
-            if d.label == label and d.metric == metric:
-                return d
-        return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -177,9 +120,12 @@ def _finetune_matrices(runs_a: list[Run], runs_b: list[Run], task: str):
 
 
 def summarize(groups: dict[str, list[Run]], baseline: str | None = DEFAULT_BASELINE, *,
-              alpha: float = 0.05, n_boot: int = 2000, n_perm: int = 10_000, seed: int = 0) -> Report:
-    """Builds the report's numbers from runs grouped by label (`runs.group_runs`)."""
-    notes: list[str] = []
+              alpha: float = 0.05, n_boot: int = 2000, n_perm: int = 10_000, seed: int = 0,
+              left_out: Sequence[dict] = (), notes: Sequence[str] = ()) -> Report:
+    """Builds the report's numbers from runs grouped by label (`runs.group_runs`); `left_out` (the runs
+    found but not compared, `arms.left_out_unfinished`) and `notes` are listed in the report."""
+    notes = list(notes) + [f"Left out `{r['label']}` seed {r['seed']} ({r['workdir']}): {r['why']}; "
+                           "--include_unfinished compares it as an arm of its own." for r in left_out]
     for label, runs in groups.items():
         unfinished = [r for r in runs if not r.finished]
         if unfinished:
@@ -249,7 +195,7 @@ def summarize(groups: dict[str, list[Run]], baseline: str | None = DEFAULT_BASEL
             if para:
                 paradigm_diffs[label] = para
     return Report(baseline=baseline, alpha=alpha, rows=rows, fields=fields, tasks=tasks, diffs=diffs,
-                  paradigm_diffs=paradigm_diffs, notes=notes)
+                  paradigm_diffs=paradigm_diffs, notes=notes, left_out=list(left_out))
 
 
 def _paradigm_diff(runs: list[Run], base: list[Run]) -> dict[str, float]:
@@ -294,14 +240,23 @@ def write_report(rep: Report, groups: dict[str, list[Run]], out_dir: str | Path,
 
 def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, baseline: str | None = DEFAULT_BASELINE,
                  require_baseline: bool = False, alpha: float = 0.05, n_boot: int = 2000,
-                 n_perm: int = 10_000, seed: int = 0, plots: bool = True) -> dict[str, Path]:
-    """Reads the runs, computes the comparison and writes it to `out_dir`."""
+                 n_perm: int = 10_000, seed: int = 0, plots: bool = True, include_unfinished: bool = False,
+                 allow_mixed: bool = False) -> dict[str, Path]:
+    """Reads the runs, checks that each label's runs are seeds of one configuration (`arms`), computes
+    the comparison and writes it to `out_dir`."""
     workdirs = find_workdirs(run_dirs)
     if not workdirs:
         raise DataError("no training runs found in " + ", ".join(map(str, run_dirs)) + ".")
-    groups = group_runs(load_run(wd) for wd in workdirs)
+    kept, left_out = arms.left_out_unfinished([load_run(wd) for wd in workdirs], include_unfinished)
+    if not kept:
+        first = left_out[0]
+        raise DataError(f"none of the {len(left_out)} runs found has finished training ({first['workdir']}: "
+                        f"{first['why']}); pass --include_unfinished to compare them as they are.")
+    groups = group_runs(kept)
+    notes = arms.check(groups, allow_mixed=allow_mixed)
     if baseline is not None and baseline not in groups and require_baseline:
         raise DataError(f"baseline '{baseline}' is not among the run labels: {', '.join(groups)}. "
                         "Pass --baseline=<one of them>.")
-    rep = summarize(groups, baseline, alpha=alpha, n_boot=n_boot, n_perm=n_perm, seed=seed)
+    rep = summarize(groups, baseline, alpha=alpha, n_boot=n_boot, n_perm=n_perm, seed=seed, left_out=left_out,
+                    notes=notes)
     return write_report(rep, groups, out_dir, plots=plots)

@@ -340,9 +340,6 @@ def group_runs(runs: Iterable[Run]) -> dict[str, list[Run]]:
     for run in runs:
         label = run.label if run.finished or run.label not in finished_labels else run.label + UNFINISHED
         groups.setdefault(label, []).append(run)
-    for label, members in groups.items():
+    for members in groups.values():
         members.sort(key=lambda r: r.seed)
-        seeds = [r.seed for r in members]
-        if len(set(seeds)) != len(seeds):
-            log.warning("label %s has several runs with the same seed: %s", label, seeds)
     return groups

@@ -42,14 +42,19 @@ DEFAULT_HEAD_INIT = "torch"
 # ================================================================================================
 # Data
 
-# "frequency": non-special ids re-numbered by corpus count (the paper's stated rule, which the
-# vocabulary curriculum's rank order relies on); "bpe": the tokenizer's raw merge ids (the reference's code).
-TOKEN_ORDERS = ("frequency", "bpe")
-DEFAULT_TOKEN_ORDER = "frequency"
+# The ids the `token_ids` vocabulary curriculum ranks tokens by. "bpe": the tokenizer's raw merge ids,
+# earliest merges lowest (the reference's code: its token-id map compares raw ids with pace * V);
+# "frequency": non-special ids re-numbered by training-corpus count (the rule the paper states).
+TOKEN_ORDERS = ("bpe", "frequency")
+DEFAULT_TOKEN_ORDER = "bpe"
 
 # Bytes that are not UTF-8: "skip" replaces and counts them; "fail" stops with the file and line.
 DECODE_ERROR_POLICIES = ("skip", "fail")
 DEFAULT_DECODE_ERROR_POLICY = "skip"
+# A file with more undecodable bytes than this fraction is refused (data/text.py: not UTF-8 text).
+DEFAULT_MAX_UNDECODABLE_FRACTION = 0.2
+# Start-up warns when training would pass over its rows more often than this (0 = never warns).
+DEFAULT_MAX_EPOCHS_WARNING = 10
 
 # Corpus values that are not a directory: the sample shipped in the package; "hf:<name>" is a prefix.
 EMBEDDED_CORPUS = "embedded"
@@ -82,7 +87,9 @@ PACING_DEFAULTS: dict[str, float] = dict(
 # ================================================================================================
 # Curricula: vocabulary
 
-VOCAB_KINDS = ("none", "token_ids", "pos_tags", "pos_tags_and_token_ids")
+# The reference's kinds, then this project's `word_list` (a researcher's ranked word list).
+PAPER_VOCAB_KINDS = ("token_ids", "pos_tags", "pos_tags_and_token_ids")
+VOCAB_KINDS = ("none", *PAPER_VOCAB_KINDS, "word_list")
 DEFAULT_VOCAB_KIND = "none"  # the base config: no vocabulary curriculum
 VOCAB_CL_DEFAULT_KIND = "token_ids"  # configs/vocab_cl.py without a kind word
 # The kinds of an active vocabulary curriculum (configs/vocab_cl.py's kind words).
@@ -92,6 +99,16 @@ VOCAB_CURRICULUM_KINDS = tuple(k for k in VOCAB_KINDS if k != "none")
 # out of the MLM loss.
 UNK_TARGETS = ("predict_unk", "exclude")
 DEFAULT_UNK_TARGETS = "predict_unk"
+
+# ================================================================================================
+# Curricula: where the step's curriculum comes from (curriculum/source.py)
+
+# `schedule`: the pacing functions of the step (the paper); `adaptive`: paces rise when the run's loss
+# stops improving (this project's extension), never below a floor schedule.
+CURRICULUM_SOURCES = ("schedule", "adaptive")
+DEFAULT_CURRICULUM_SOURCE = "schedule"
+ADAPTIVE_TARGETS = ("vocab", "data", "vocab,data")  # which paces the adaptive source drives
+ADAPTIVE_SIGNALS = ("train_loss", "dev_loss")  # the smoothed logged loss, or dev pseudo-perplexity
 
 # ================================================================================================
 # Curricula: data
@@ -165,6 +182,11 @@ TASKS = ("rte", "mrpc", "wsc", "boolq", "multirc", "mnli", "mnli-mm", "qqp", "co
 FINETUNE_PROTOCOLS = ("babylm2023", "per_epoch")
 DEFAULT_FINETUNE_PROTOCOL = "babylm2023"
 
+# finetune.data_dir: the fine-tuning sample shipped in the package (eval/sample/glue/, the first rows
+# of BabyLM's filtered WSC), the smoke preset's default when no folder is given; it holds this task.
+EMBEDDED_FINETUNE_DATA = "embedded"
+EMBEDDED_FINETUNE_TASK = "wsc"
+
 # ================================================================================================
 # Config fields with a fixed list of choices: `schema.validate` checks each (dotted key -> tuple).
 
@@ -175,6 +197,9 @@ FIELD_CHOICES: dict[str, tuple[str, ...]] = {
     "data.on_decode_error": DECODE_ERROR_POLICIES,
     "data.packing": PACKINGS,
     "vocab_curriculum.kind": VOCAB_KINDS,
+    "curriculum.source": CURRICULUM_SOURCES,
+    "curriculum.adaptive.targets": ADAPTIVE_TARGETS,
+    "curriculum.adaptive.signal": ADAPTIVE_SIGNALS,
     "vocab_curriculum.unk_targets": UNK_TARGETS,
     "vocab_curriculum.pacing.name": PACING_NAMES,
     "data_curriculum.scorer": SCORERS,

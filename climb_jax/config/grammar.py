@@ -175,20 +175,51 @@ def _parse_value(value: str | tuple[str, ...], current, key: str):
     return _parse_scalar(value, current, key)
 
 
-def set_path(c: ConfigDict, key: str, raw: str | tuple[str, ...]) -> None:
-    """Sets `c.<key>` (dotted) from a string (or a list of strings), with the existing field's type."""
+def _dotted_keys(c: ConfigDict, prefix: str = "") -> list[str]:
+    """Every field of `c` by its dotted key, groups and their fields alike."""
+    keys = []
+    for name, value in c.items():
+        keys.append(prefix + name)
+        if isinstance(value, ConfigDict):
+            keys += _dotted_keys(value, f"{prefix}{name}.")
+    return keys
+
+
+def missing_field(c: ConfigDict, key: str) -> str | None:
+    """Why the dotted `key` names no field of `c`, with help to find the right one; None when it does.
+
+    The first part that does not exist is named, with the nearest field of its section (by spelling,
+    `trainng` -> `trainer`; else the field the key's tail names elsewhere, `total_steps` ->
+    `trainer.total_steps`) and the section's fields, so a wrong key is fixed in one try."""
     node = c
     parts = key.split(".")
     for i, part in enumerate(parts):
-        if not isinstance(node, ConfigDict) or part not in node:
-            where = ".".join(parts[:i]) or "the config"
-            valid = sorted(node.keys()) if isinstance(node, ConfigDict) else []
-            raise ConfigError(
-                f"unknown config key '{key}': {where} has no field '{part}'.{suggest(part, valid)}"
-                f" Valid fields: {', '.join(valid)}."
-            )
-        if i < len(parts) - 1:
-            node = node[part]
+        where = ".".join(parts[:i])
+        if not isinstance(node, ConfigDict):
+            return f"{where} is a {type(node).__name__} value, not a section with a field '{part}'."
+        if part not in node:
+            fields = sorted(node.keys())
+            hint = suggest(part, fields)
+            if not hint:  # the key names a field of another section: `total_steps` for trainer.total_steps
+                tail = ".".join(parts[i:])
+                elsewhere = sorted((k for k in _dotted_keys(c) if k.endswith("." + tail)),
+                                   key=lambda k: (k.count("."), k))
+                hint = f" Did you mean {' or '.join(repr(k) for k in elsewhere[:3])}?" if elsewhere else ""
+            section = f"the section {where}" if where else "the config (top level)"
+            return f"there is no field '{part}'.{hint} Fields of {section}: {', '.join(fields)}."
+        node = node[part]
+    return None
+
+
+def set_path(c: ConfigDict, key: str, raw: str | tuple[str, ...]) -> None:
+    """Sets `c.<key>` (dotted) from a string (or a list of strings), with the existing field's type."""
+    missing = missing_field(c, key)
+    if missing:
+        raise ConfigError(f"unknown config key '{key}': {missing}")
+    node = c
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node[part]
     last = parts[-1]
     current = node[last]
     if isinstance(current, ConfigDict):

@@ -18,6 +18,7 @@ from ml_collections import config_dict
 from ml_collections.config_dict import ConfigDict
 
 from climb_jax.config import choices
+from climb_jax.config.finetune_section import finetune_section
 
 # The checks and the grammar (with the loader) live in their own modules; config users import them
 # from here.
@@ -94,6 +95,10 @@ def base_config() -> ConfigDict:
             corpus=choices.EMBEDDED_CORPUS,
             hf_subset="strict_small",
             cache_dir=config_dict.placeholder(str),  # default: <workdir>/cache
+            # The prepared dataset (TFDS, array_record shards in difficulty order; `python -m climb_jax.prepare`):
+            # a local folder or gs://...; default: <cache_dir>/prepared
+            prepared_dir=config_dict.placeholder(str),
+            shards=8,  # array_record shards of the training split
             seq_len=128,
             vocab_size=8192,
             token_order=choices.DEFAULT_TOKEN_ORDER,  # choices.TOKEN_ORDERS
@@ -101,6 +106,10 @@ def base_config() -> ConfigDict:
             max_train_words=0,  # 0 = the whole training split; >0 = about this many words, shared among sources by size
             max_eval_words=0,  # the same for dev/test
             on_decode_error=choices.DEFAULT_DECODE_ERROR_POLICY,  # choices.DECODE_ERROR_POLICIES
+            # A file with a larger share of bytes that are not UTF-8 is refused (1 = accept any file)
+            max_undecodable_fraction=choices.DEFAULT_MAX_UNDECODABLE_FRACTION,
+            # Start-up warns when training passes over its rows more often than this (0 = never)
+            max_epochs_warning=choices.DEFAULT_MAX_EPOCHS_WARNING,
             max_line_chars=20_000,  # longer lines are split at whitespace into pieces of this size
             nltk_data=config_dict.placeholder(str),  # default: $NLTK_DATA
             num_workers=0,  # tokenize+tag processes; 0 = one per core when the corpus is large enough
@@ -149,10 +158,7 @@ def base_config() -> ConfigDict:
         )
     )
 
-    # Fine-tuning a finished run (`climb_jax.evaluate --tasks`, configs/finetune.py): the one schema of
-    # the section is eval/finetune_config.py's; data_dir has no default (such data is never bundled).
-    from climb_jax.eval.finetune_config import finetune_section  # late: that module builds on this one
-
+    # Fine-tuning a finished run (`climb_jax.evaluate --tasks`, configs/finetune.py).
     c.finetune = finetune_section()
 
     c.vocab_curriculum = ConfigDict(
@@ -160,6 +166,31 @@ def base_config() -> ConfigDict:
             kind=choices.DEFAULT_VOCAB_KIND,  # choices.VOCAB_KINDS
             pacing=pacing_config(),
             unk_targets=choices.DEFAULT_UNK_TARGETS,  # choices.UNK_TARGETS
+            # kind=word_list: a TSV of `word<TAB>rank` (e.g. age of acquisition in months; written by
+            # `python -m climb_jax.word_list`); ids no listed word spells enter at this pace (1.0: last)
+            word_list="",
+            unlisted_pace=1.0,
+        )
+    )
+
+    # Where the step's curriculum comes from (curriculum/source.py): the pacing functions above
+    # (`schedule`, the paper) or a controller that advances the vocabulary and/or data pace whenever the
+    # loss stops improving (`adaptive`, this project's extension beyond CLIMB).
+    c.curriculum = ConfigDict(
+        dict(
+            source=choices.DEFAULT_CURRICULUM_SOURCE,  # choices.CURRICULUM_SOURCES
+            adaptive=dict(
+                targets="vocab",  # choices.ADAPTIVE_TARGETS: the paces the controller drives
+                signal="train_loss",  # choices.ADAPTIVE_SIGNALS: smoothed logged loss, or dev pseudo-perplexity
+                start=0.1,  # the paces' value at step 0
+                increment=0.1,  # added to each driven pace at a plateau
+                patience=1_000,  # steps without an improvement of more than `tolerance` that make a plateau
+                tolerance=0.01,  # improvement of the smoothed signal (in its own units) that resets the wait
+                smoothing=0.9,  # exponential moving average of the signal at each observation
+                # The floor: a pacing function the paces never fall below; its end_percent is the latest
+                # fraction of training by which they reach 1.0.
+                floor=pacing_config("linear"),
+            ),
         )
     )
 

@@ -12,6 +12,8 @@ re-scoring step re-scores to exactly the values of an uninterrupted run.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from absl import logging
 from ml_collections import ConfigDict
@@ -20,22 +22,53 @@ from climb_jax.curriculum import difficulty
 from climb_jax.errors import ConfigError
 
 
+def scorer_settings(dc: ConfigDict | None) -> dict:
+    """Every setting that decides the initial scores (and nothing else): part of the prepared dataset's
+    fingerprint, since its training rows are stored in this order. Scorers that give the same initial
+    scores share settings (self-perplexity starts from the n-gram scores)."""
+    scorer = "none" if dc is None else str(dc.scorer)
+    if scorer == "none":
+        return {"scorer": "none"}
+    if scorer == "source_order":
+        out = {"scorer": "source_order", "source_order": str(dc.source_order)}
+        if out["source_order"] == "custom":
+            out["source_difficulty"] = str(dc.source_difficulty)
+        return out
+    if scorer == "child_age":
+        return {"scorer": "child_age"}
+    if scorer in ("ngram_perplexity", "self_perplexity"):
+        if dc.n_gram <= 0:
+            return {"scorer": "uniform"}
+        return {"scorer": "ngram", "n_gram": int(dc.n_gram), "smoothing": float(dc.ngram_smoothing),
+                "include_specials": bool(dc.ngram_include_specials)}
+    raise ConfigError(f"unknown data_curriculum.scorer '{scorer}'")
+
+
+def score_rows(dc: ConfigDict | None, split, sources, vocab_size: int) -> np.ndarray | None:
+    """The initial scores of `split`'s rows (None without a data curriculum), computed from its arrays."""
+    kind = scorer_settings(dc)["scorer"]
+    if kind == "none":
+        return None
+    if kind == "source_order":
+        return difficulty.source_order_scores(split, sources, dc.source_order, dc.source_difficulty)
+    if kind == "child_age":
+        return difficulty.child_age_scores(split)
+    if kind == "uniform":
+        return difficulty.uniform_scores(len(split))
+    return difficulty.ngram_scores(split.input_ids, dc.n_gram, dc.ngram_smoothing, vocab_size,
+                                   include_specials=bool(dc.ngram_include_specials))
+
+
 def initial_scores(config: ConfigDict, data) -> np.ndarray | None:
-    """The scores installed before the first step (None without a data curriculum)."""
+    """The scores installed before the first step (None without a data curriculum): the prepared
+    dataset's stored scores when it was ordered by this scorer (no pass over the rows), else computed."""
     dc = config.data_curriculum
-    split = data.train
     if dc.scorer == "none":
         return None
-    if dc.scorer == "source_order":
-        return difficulty.source_order_scores(split, data.sources, dc.source_order, dc.source_difficulty)
-    if dc.scorer == "child_age":
-        return difficulty.child_age_scores(split)
-    if dc.scorer in ("ngram_perplexity", "self_perplexity"):
-        if dc.n_gram <= 0:
-            return difficulty.uniform_scores(len(split))
-        return difficulty.ngram_scores(split.input_ids, dc.n_gram, dc.ngram_smoothing, len(data.tokenizer),
-                                       include_specials=bool(dc.ngram_include_specials))
-    raise ConfigError(f"unknown data_curriculum.scorer '{dc.scorer}'")
+    stored = data.scores_for(scorer_settings(dc)) if hasattr(data, "scores_for") else None
+    if stored is not None:
+        return stored
+    return score_rows(dc, data.train, data.sources, len(data.tokenizer))
 
 
 def check_corpus_sources(config: ConfigDict) -> None:
@@ -53,7 +86,9 @@ def check_corpus_sources(config: ConfigDict) -> None:
 class DataCurriculum:
     """Initial scores, the re-scoring schedule and the re-scoring itself, for one run."""
 
-    def __init__(self, config: ConfigDict, data, model_cfg=None, mesh=None, *, progress: bool = False):
+    def __init__(self, config: ConfigDict, data, model_cfg=None, mesh=None, *, progress=False):
+        """`progress`: show the re-scoring's progress (bool), or a function `(total, desc) -> Progress`
+        (a training run's `eval.progress.in_training`, which also makes it yield to a stop signal)."""
         self.config = config
         self.data = data
         self.model_cfg = model_cfg
@@ -63,8 +98,9 @@ class DataCurriculum:
         self.scorer = str(dc.scorer)
         self.update_every = int(dc.update_every) if self.scorer == "self_perplexity" else 0
         self._model_scorer = None
+        self.seconds: dict[str, float] = {}  # the last re-scoring's duration (the run's cost estimate)
         if self.rescoring:  # built now, compiled at the first re-scoring: a bad batch size fails here
-            self._scorer()
+            self.model_scorer()
 
     @classmethod
     def from_config(cls, config: ConfigDict, data, model_cfg=None, mesh=None, **kwargs) -> "DataCurriculum":
@@ -104,7 +140,7 @@ class DataCurriculum:
         rng = np.random.default_rng([self.config.seed, step])
         return np.sort(rng.choice(n, size=count, replace=False))
 
-    def _scorer(self):
+    def model_scorer(self):
         if self._model_scorer is None:
             from climb_jax.curriculum.self_perplexity import SelfPerplexityScorer
 
@@ -124,7 +160,9 @@ class DataCurriculum:
         rows = self.rows_to_rescore(step)
         key = jax.random.PRNGKey(self.config.seed + 7919 * (step + 1))  # one_mask's masks at this step
         train = self.data.train
-        fresh = self._scorer()(params, train.input_ids, train.pos_ids, rows, key, progress=self.progress)
+        start = time.perf_counter()
+        fresh = self.model_scorer()(params, train.input_ids, train.pos_ids, rows, key, progress=self.progress)
+        self.seconds["rescore"] = time.perf_counter() - start
         return rows, fresh
 
     def maybe_rescore(self, params, step: int, sampler) -> bool:

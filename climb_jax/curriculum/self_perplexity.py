@@ -22,6 +22,7 @@ copies are split over the mesh's batch axes, the parameters stay where the train
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import jax
@@ -31,6 +32,7 @@ import optax
 
 from climb_jax.constants import MASK_ID, NUM_SPECIAL
 from climb_jax.curriculum import difficulty
+from climb_jax.eval.progress import Progress
 from climb_jax.models.roberta import LMHead, RobertaConfig, RobertaEncoder
 from climb_jax.parallel.mesh import Placement
 
@@ -108,23 +110,54 @@ class SelfPerplexityScorer:
         fn.__name__ = f"self_perplexity_{estimator}"
         self._fn = jax.jit(fn, out_shardings=out)
 
-    def __call__(self, params, input_ids, pos_ids, indices: np.ndarray, key: jax.Array | None = None,
-                 progress: bool = False) -> np.ndarray:
-        """Perplexity (float32) of the rows `indices` of `input_ids` under `params`; `key` seeds the
-        `one_mask` estimator's masks (unused by `pll`)."""
-        params = self.placement.params(params)
+    def calls(self, input_ids, indices: np.ndarray) -> int:
+        """Device calls that scoring the rows `indices` takes (rows, or masked copies for `pll`, per call)."""
         if self.estimator == "pll":
-            def nll_fn(ids, positions):
-                batch = self.placement.batch({"ids": ids, "positions": positions})
-                return np.asarray(self._fn(params, batch["ids"], batch["positions"]))
+            work = sum(int((np.asarray(input_ids[indices[i:i + 4096]]) >= NUM_SPECIAL).sum())
+                       for i in range(0, len(indices), 4096))
+        else:
+            work = len(indices)
+        return -(-work // self.batch_size)
 
-            return difficulty.pseudo_perplexity_scores(nll_fn, input_ids, indices=indices,
-                                                       copies=self.batch_size, progress=progress)
-        key = self.placement.params(key)
+    def _run(self, params, ids: np.ndarray, second: np.ndarray, key=None) -> np.ndarray:
+        """One device call on `batch_size` rows `ids`, with params and key already placed: `second` is
+        the masked position of each copy (`pll`) or each row's index (`one_mask`, seeding its mask)."""
+        if self.estimator == "pll":
+            batch = self.placement.batch({"ids": ids, "positions": np.asarray(second, np.int32)})
+            return np.asarray(self._fn(params, batch["ids"], batch["positions"]))
+        batch = self.placement.batch({"ids": ids, "idx": np.asarray(second, np.int32)})
+        return np.asarray(self._fn(params, batch["ids"], batch["idx"], key))
 
-        def loss_fn(ids, pos, idx):
-            batch = self.placement.batch({"ids": ids, "idx": np.asarray(idx, np.int32)})
-            return np.asarray(self._fn(params, batch["ids"], batch["idx"], key))
+    def time_call(self, params, input_ids) -> tuple[float, float]:
+        """Seconds of two calls on the first rows of `input_ids` (the run's cost estimate): the first
+        includes the compile (kept for the re-scorings), the second is the steady cost."""
+        params, key = self.placement.params(params), self.placement.params(jax.random.PRNGKey(0))
+        ids = np.asarray(input_ids[np.arange(self.batch_size) % len(input_ids)], np.int32)
+        second = np.argmax(ids >= NUM_SPECIAL, axis=1) if self.estimator == "pll" else np.arange(len(ids))
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            self._run(params, ids, second, key)
+            times.append(time.perf_counter() - start)
+        return times[0], times[1]
 
-        return difficulty.self_perplexity_scores(loss_fn, input_ids, pos_ids, indices=indices,
-                                                 batch_size=self.batch_size, progress=progress)
+    def __call__(self, params, input_ids, pos_ids, indices: np.ndarray, key: jax.Array | None = None,
+                 progress: bool | Callable[[int, str], Progress] = False) -> np.ndarray:
+        """Perplexity (float32) of the rows `indices` of `input_ids` under `params`; `key` seeds the
+        `one_mask` estimator's masks (unused by `pll`). `progress`: show it, or a function
+        `(total, desc) -> Progress` (a training run's, which also yields to its stop signals between calls)."""
+        params = self.placement.params(params)
+        key = None if key is None else self.placement.params(key)
+        total, desc = self.calls(input_ids, indices), f"self-perplexity ({len(indices)} rows, {self.estimator})"
+        with (progress(total, desc) if callable(progress) else Progress(total, desc, enabled=progress)) as bar:
+            def counted(out: np.ndarray) -> np.ndarray:
+                bar.update(1)
+                return out
+
+            if self.estimator == "pll":
+                return difficulty.pseudo_perplexity_scores(
+                    lambda ids, positions: counted(self._run(params, ids, positions)), input_ids, indices=indices,
+                    copies=self.batch_size)
+            return difficulty.self_perplexity_scores(
+                lambda ids, pos, rows: counted(self._run(params, ids, rows, key)), input_ids, pos_ids,
+                indices=indices, batch_size=self.batch_size)

@@ -24,8 +24,9 @@ import numpy as np
 from absl import logging
 from tqdm.auto import tqdm
 
-from climb_jax.data import cache, corpus as corpus_lib, packing, pos as pos_lib, tokenizer as tok_lib
+from climb_jax.data import cache, corpus as corpus_lib, packing, pos as pos_lib, text, tokenizer as tok_lib
 from climb_jax.data.encoding import Encoder, encode_sources, worker_count
+from climb_jax.data.sources import Corpus, Source
 from climb_jax.errors import DataError
 
 ARRAYS = {"input_ids": np.int32, "pos_ids": np.int8, "source_ids": np.int16, "positions": np.float32}
@@ -47,14 +48,14 @@ def nltk_data_of(data_cfg) -> str | None:
     return str(v) if v else None
 
 
-def apply_budgets(corpus: corpus_lib.Corpus, data_cfg, opts, progress: bool) -> None:
+def apply_budgets(corpus: Corpus, data_cfg, opts, progress: bool) -> None:
     bar = (lambda xs: tqdm(xs, desc="counting words", unit="file", leave=False)) if progress else iter
     corpus_lib.apply_word_budget(corpus.splits["train"], int(data_cfg.max_train_words), opts, bar)
     for split in ("dev", "test"):
         corpus_lib.apply_word_budget(corpus.splits[split], int(data_cfg.max_eval_words), opts, bar)
 
 
-def train_tokenizer(corpus: corpus_lib.Corpus, vocab_size: int, opts, progress: bool):
+def train_tokenizer(corpus: Corpus, vocab_size: int, opts, progress: bool):
     """The byte-level BPE trained on every training line."""
     lines_read = [0]
 
@@ -81,7 +82,7 @@ def train_tokenizer(corpus: corpus_lib.Corpus, vocab_size: int, opts, progress: 
     return tok
 
 
-def pack_split(split: str, sources: list[corpus_lib.Source], source_index: dict[str, int], encoder: Encoder,
+def pack_split(split: str, sources: list[Source], source_index: dict[str, int], encoder: Encoder,
                opts, report, seq_len: int, layout: str, parts_dir: Path,
                progress: bool) -> tuple[list[Path], SplitStats]:
     """Tokenizes, tags and packs one split's sources; each source's rows go to a part file."""
@@ -149,7 +150,7 @@ def assemble(split: str, parts: list[Path], out_dir: Path, seq_len: int, remap: 
     return records
 
 
-def build(data_cfg, corpus: corpus_lib.Corpus, files: list[dict], key: str, settings: dict, tmp: Path,
+def build(data_cfg, corpus: Corpus, files: list[dict], key: str, settings: dict, tmp: Path,
           progress: bool) -> dict:
     """Builds the entry for fingerprint `key` in `tmp` and returns its manifest (already written)."""
     t_start = time.time()
@@ -157,6 +158,7 @@ def build(data_cfg, corpus: corpus_lib.Corpus, files: list[dict], key: str, sett
     seq_len, vocab_size, layout = int(data_cfg.seq_len), int(data_cfg.vocab_size), str(data_cfg.packing)
     nltk_data = nltk_data_of(data_cfg)
     pos_lib.load_tagger(nltk_data)  # fail early (with the install command) when the tagger is missing
+    text.check_decodable(corpus.files, opts)  # a file that is not UTF-8 text is refused before any work
     apply_budgets(corpus, data_cfg, opts, progress)
     source_index = {s: i for i, s in enumerate(corpus.sources)}
     timings = {}
@@ -165,7 +167,7 @@ def build(data_cfg, corpus: corpus_lib.Corpus, files: list[dict], key: str, sett
     timings["tokenizer_s"] = time.time() - t
 
     workers = worker_count(data_cfg, corpus.approx_bytes("train"))
-    report = corpus_lib.DecodeReport()
+    report = text.DecodeReport()
     encoder = Encoder(tok, nltk_data, workers)
     stats: dict[str, SplitStats] = {}
     parts: dict[str, list[Path]] = {}

@@ -1,9 +1,10 @@
-"""The prepared-data cache: content fingerprints, a per-key lock, atomic publication, validation.
+"""The data cache's tools: content fingerprints, a per-key lock, private temporary folders, atomic
+publication, the build's manifest.
 
-A prepared directory is published in one `os.replace` after its `manifest.json` (written last) is in
-place, so a killed preparation leaves only a temporary directory, never one that looks complete. A
-directory is used only if its manifest matches the expected fingerprint and every file it lists still
-has the recorded shape, size and (for small files) checksum; anything else is reported and rebuilt.
+The cache folder is a host's scratch space for preparing (the build's arrays live in a temporary
+folder and are deleted once the prepared dataset is written, `dataset.prepare_data`), the lock that
+keeps two processes of one host from preparing the same version at once, and a remote corpus's
+local copy (`remote`). What training reads is the prepared dataset (`prepared`), not this cache.
 """
 
 from __future__ import annotations
@@ -48,10 +49,6 @@ def fingerprint(parts: dict) -> str:
     """A stable hash of JSON-serialisable settings and identities."""
     blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def entry_dir(cache_dir: Path, key: str) -> Path:
-    return Path(cache_dir) / f"data-{key[:16]}"
 
 
 @contextlib.contextmanager
@@ -118,43 +115,6 @@ def write_manifest(directory: Path, manifest: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, directory / MANIFEST)
-
-
-def check_entry(directory: Path, key: str) -> tuple[dict | None, str]:
-    """(manifest, "") if `directory` is a complete entry for `key`, else (None, why not)."""
-    if not directory.exists():
-        return None, "absent"
-    path = directory / MANIFEST
-    if not path.exists():
-        return None, f"{directory} has no {MANIFEST} (an interrupted preparation)"
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        return None, f"{path} is unreadable ({e})"
-    if manifest.get("format_version") != FORMAT_VERSION:
-        return None, f"{path} has format version {manifest.get('format_version')}, expected {FORMAT_VERSION}"
-    if manifest.get("fingerprint") != key:
-        return None, f"{path} belongs to other data (fingerprint {str(manifest.get('fingerprint'))[:16]})"
-    for rel, rec in manifest.get("arrays", {}).items():
-        f = directory / rel
-        if not f.is_file():
-            return None, f"{f} is missing"
-        if f.stat().st_size != rec["bytes"]:
-            return None, f"{f} has {f.stat().st_size} bytes, the manifest says {rec['bytes']}"
-        try:
-            arr = np.load(f, mmap_mode="r")
-        except (OSError, ValueError) as e:
-            return None, f"{f} is not a readable array ({e})"
-        if list(arr.shape) != rec["shape"] or str(arr.dtype) != rec["dtype"]:
-            return None, (f"{f} is {arr.dtype}{list(arr.shape)}, the manifest says "
-                          f"{rec['dtype']}{rec['shape']}")
-    for rel, digest in manifest.get("checksums", {}).items():
-        f = directory / rel
-        if not f.is_file():
-            return None, f"{f} is missing"
-        if sha256_file(f) != digest:
-            return None, f"{f} does not match its checksum in the manifest"
-    return manifest, ""
 
 
 def require_writable(cache_dir: Path) -> None:

@@ -22,7 +22,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from climb_jax.data import corpus as corpus_lib, pos as pos_lib
+from climb_jax.data import pos as pos_lib
+from climb_jax.data.sources import Source
 from climb_jax.errors import DataError
 
 CHUNK_LINES = 4096  # lines per tokenize+tag work item
@@ -83,7 +84,7 @@ def _worker_encode(item: tuple[int, list[str]]) -> tuple[int, Encoded]:
     return index, encode_lines(lines, _WORKER["tok"], _WORKER["tagger"])
 
 
-def chunks(sources: list[corpus_lib.Source], opts, report) -> Iterator[tuple[int, list[str]]]:
+def chunks(sources: list[Source], opts, report) -> Iterator[tuple[int, list[str]]]:
     """(source index, lines) work items, in corpus order; every source yields at least one item."""
     for i, src in enumerate(sources):
         buf, chars = [], 0
@@ -172,7 +173,7 @@ class Encoder:
             self._pool = None
 
 
-def encode_sources(split: str, sources: list[corpus_lib.Source], encoder: Encoder, opts, report,
+def encode_sources(split: str, sources: list[Source], encoder: Encoder, opts, report,
                    progress: bool) -> Iterator[tuple[int, Encoded]]:
     """(source index, the source's whole `Encoded`) for every source of a split, in order."""
     bar = tqdm(total=sum(s.approx_bytes for s in sources) or None, unit="B", unit_scale=True,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from climb_jax.data.corpus import SPLITS, Corpus, Source
+from climb_jax.data.sources import SPLITS, Corpus, Source
 from climb_jax.errors import DataError
 
 HF_DEV_SPLITS = ("validation", "dev", "valid")

@@ -37,6 +37,9 @@ class InputPipeline:
             "pos_ids": np.asarray(self.split.pos_ids[rows], np.int8)[inverse],
             "source_ids": np.asarray(self.split.source_ids[rows], np.int32)[inverse],
             "index": idx,
+            # Each row's difficulty score and the step's threshold (the train step's curriculum pytree).
+            "score": np.asarray(self.sampler.row_scores(idx), np.float32),
+            "threshold": np.float32(self.sampler.threshold(step)),
             # What the sampler allowed at this step (the fraction of rows it drew from) and its pacing
             # value: logged as they are, never recomputed.
             "data_fraction": np.float32(self.sampler.fraction(step)),

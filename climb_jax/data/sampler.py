@@ -75,6 +75,9 @@ class BatchSampler:
         self.total_steps = int(total_steps)
         self.uniform = bool(uniform)
         self._epochs: dict[int, np.ndarray] = {}
+        # A host-driven pace (curriculum.source=adaptive) replaces the pacing function when set: a
+        # function of the step that changes only between the pipeline's segments.
+        self.pace_override = None
         self.scores: np.ndarray | None = None
         self.version = 0
         self._order = self._sorted = self._cumsum = None
@@ -114,9 +117,11 @@ class BatchSampler:
     # -- the schedule ------------------------------------------------------------------------
     def pace(self, step: int) -> float:
         """The pacing value at `step` (1.0 without a curriculum or pacing function)."""
-        if not self.curriculum or self.pacing is None:
+        if not self.curriculum or (self.pacing is None and self.pace_override is None):
             return 1.0
-        return float(np.clip(pacing_lib.pace(self.pacing, int(step), self.total_steps), 0.0, 1.0))
+        value = (self.pace_override(int(step)) if self.pace_override is not None
+                 else pacing_lib.pace(self.pacing, int(step), self.total_steps))
+        return float(np.clip(value, 0.0, 1.0))
 
     def allowed_count(self, step: int) -> int:
         """How many of the easiest rows may be drawn at `step` (at least one batch worth, at most N)."""
@@ -133,6 +138,20 @@ class BatchSampler:
         threshold = self._sorted[lo] + (self._sorted[hi] - self._sorted[lo]) * (position - lo)
         count = int(np.searchsorted(self._sorted, threshold, side="right"))
         return int(min(n, max(count, lo + 1, min(self.global_batch, n))))
+
+    def threshold(self, step: int) -> float:
+        """The highest score among the rows allowed at `step` (inf without a curriculum): every row the
+        sampler draws at `step` scores at most this, and the train step gives no loss weight to a row
+        above it."""
+        if not self.curriculum:
+            return math.inf
+        return float(self._sorted[self.allowed_count(step) - 1])
+
+    def row_scores(self, rows: np.ndarray) -> np.ndarray:
+        """float32 scores of `rows` (0 without a curriculum)."""
+        if not self.curriculum:
+            return np.zeros(len(rows), np.float32)
+        return self.scores[rows]
 
     def fraction(self, step: int) -> float:
         """The fraction of the training rows that may be drawn at `step` (`data_fraction` in the log):
@@ -180,6 +199,13 @@ class BatchSampler:
         return self._order[ranks]
 
     # -- checkpointing -----------------------------------------------------------------------
+    def ordering_id(self) -> str:
+        """Which difficulty ordering batches are drawn from: '<version>:<digest of the scores>' ('epochs'
+        without a curriculum). Every process of a run must hold the same one (`data.hosts`)."""
+        if not self.curriculum:
+            return "epochs"
+        return f"{self.version}:{_digest(self.scores)[:24]}"
+
     def state_dict(self) -> dict[str, Any]:
         """{'meta': JSON-able settings and scores version, 'scores': float32 [N] or None}.
 

@@ -1,7 +1,9 @@
 """A byte-level BPE vocabulary trained on the training split, optionally re-numbered by frequency.
 
-The vocabulary curriculum ranks tokens by id, so with `data.token_order="frequency"` the non-special
-ids are re-numbered by how often each token occurs in the training data (ties: the original id).
+The vocabulary curriculum ranks tokens by id. By default (`data.token_order="bpe"`, the reference's)
+the ids are the BPE trainer's: specials, the byte alphabet, then one id per merge in merge order.
+With `data.token_order="frequency"` the non-special ids are re-numbered by how often each token
+occurs in the training data (ties: the original id).
 Byte-level BPE merges name tokens by their strings, not their ids, so re-numbering only rewrites
 the `vocab` table of the tokenizer JSON: encoding gives the same token strings before and after.
 """

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from absl import logging
@@ -194,14 +194,15 @@ class BlimpEvaluator:
       mesh: optional device mesh; batches are split over its batch axes ('data', 'fsdp').
       scorer: a `PLLScorer` to share (with its compiled shapes) between evaluators of several
         suites or methods; `batch_size`, `mesh` and `buckets` are then taken from it.
-      progress: show the scoring's progress (a bar on a terminal, plain lines elsewhere).
+      progress: show the scoring's progress (a bar on a terminal, plain lines elsewhere); or a function
+        `(total, desc) -> Progress` that builds the progress (a training run's: its output, its stop flag).
     """
 
     def __init__(self, model_config: RobertaConfig, tokenizer: PreTrainedTokenizerBase,
                  suite_dir: str | Path, *, method: str = "pll", batch_size: int = 256,
                  max_pairs_per_file: int = 0, mesh: Mesh | None = None,
                  buckets: Sequence[int] = DEFAULT_BUCKETS, scorer: PLLScorer | None = None,
-                 progress: bool = False):
+                 progress: bool | Callable[[int, str], Progress] = False):
         self.method = check_method(method)
         self.progress = progress
         self.max_pairs_per_file = int(max_pairs_per_file)
@@ -220,11 +221,13 @@ class BlimpEvaluator:
         self._bad = np.array([index[p.bad] for p in self.suite.pairs], dtype=np.int64)
         self._ids, self._words = encode_sentences(tokenizer, self.sentences,
                                                   with_word_ids=self.method == "pll_word_l2r")
+        self._plan = None  # the suite's batches, planned at the first use and reused by every later one
 
     @classmethod
     def from_config(cls, eval_cfg: ConfigDict, model_config: RobertaConfig, tokenizer: PreTrainedTokenizerBase,
                     *, suite_dir: str | Path | None = None, mesh: Mesh | None = None,
-                    scorer: PLLScorer | None = None, progress: bool = False) -> "BlimpEvaluator":
+                    scorer: PLLScorer | None = None,
+                    progress: bool | Callable[[int, str], Progress] = False) -> "BlimpEvaluator":
         """An evaluator for `eval_cfg.blimp_dir` (or `suite_dir`, e.g. `eval_cfg.supplement_dir`)
         with the `eval` section's method, batch size and pair limit."""
         return cls(model_config, tokenizer, suite_dir if suite_dir is not None else eval_cfg.blimp_dir,
@@ -235,10 +238,17 @@ class BlimpEvaluator:
     def num_pairs(self) -> int:
         return self.suite.num_pairs
 
-    def _score_encoded(self, params, ids, words, progress: bool = False):
-        plan = self.scorer.plan(ids, words)
-        with Progress(len(plan.batches), f"{self.suite.name} ({len(plan.sequences)} sentences)",
-                      enabled=progress) as bar:
+    @property
+    def plan(self):
+        """The batches that score the whole suite (planned once)."""
+        if self._plan is None:
+            self._plan = self.scorer.plan(self._ids, self._words)
+        return self._plan
+
+    def _score_encoded(self, params, ids, words, progress: bool | Callable = False, plan=None):
+        plan = plan or self.scorer.plan(ids, words)
+        total, desc = len(plan.batches), f"{self.suite.name} ({len(plan.sequences)} sentences)"
+        with (progress(total, desc) if callable(progress) else Progress(total, desc, enabled=progress)) as bar:
             _, result = self.scorer.run(params, plan, progress=bar)
         if result.truncated:
             logging.warning("%d sentence(s) longer than %d tokens were truncated before scoring.",
@@ -253,7 +263,7 @@ class BlimpEvaluator:
     def pair_scores(self, params) -> tuple[np.ndarray, np.ndarray, dict]:
         """(good scores, bad scores, run statistics) for every pair of the suite, in file order."""
         start = time.perf_counter()
-        result = self._score_encoded(params, self._ids, self._words, progress=self.progress)
+        result = self._score_encoded(params, self._ids, self._words, progress=self.progress, plan=self.plan)
         stats = {
             "num_sentences": len(self.sentences),
             "num_copies": result.num_copies,

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -31,7 +30,7 @@ from transformers import PreTrainedTokenizerBase
 from climb_jax.errors import ClimbError
 from climb_jax.eval import perplexity as ppl_lib
 from climb_jax.eval.blimp import BlimpEvaluator, blimp_average
-from climb_jax.eval.progress import Progress, is_terminal
+from climb_jax.eval.progress import in_training
 from climb_jax.eval.suites import load_suite
 from climb_jax.models.roberta import RobertaConfig
 from climb_jax.train.workdir import write_json
@@ -92,28 +91,36 @@ class Evaluator:
       dev_ids: the dev split's token rows [N, L] (None or empty: no dev-set measures).
       mesh: the training mesh (None: the default device).
       workdir: the run directory; results go to `<workdir>/eval/`.
-      progress: show scoring progress (a bar on a terminal, plain lines elsewhere).
+      progress: allow progress bars (on a terminal); False (`--noprogress`): plain lines only. The
+        progress of every measure is shown either way, on stdout beside the training's lines.
+      stop: returns a stop reason or None, checked between batches: a reason ends the measure with
+        `progress.Interrupted` (the training loop saves and measures again on resume).
     """
 
     def __init__(self, config: ConfigDict, model_cfg: RobertaConfig, tokenizer: PreTrainedTokenizerBase,
-                 dev_ids: np.ndarray | None, mesh: Mesh | None, workdir, progress: bool = True):
+                 dev_ids: np.ndarray | None, mesh: Mesh | None, workdir, progress: bool = True,
+                 stop: Callable[[], str | None] | None = None):
         ev = config.eval
         self.config = config
         self.model_config = model_cfg
         self.method = ev.method
         self.progress = progress
+        self.stop = stop
         self.primary = jax.process_index() == 0
         self.eval_dir = epath.Path(workdir) / "eval"
+        self.show = in_training(progress, stop, self.primary)  # (total, desc) -> the Progress of one measure
+        self.seconds: dict[str, float] = {}  # the last measured duration of each measure (cost estimate)
         # One scorer (one jitted function, one set of compiled shapes) for every suite and dev measure.
         self.scorer = ppl_lib.PLLScorer(model_cfg, batch_size=ev.batch_size, mesh=mesh)
-        show = progress and self.primary
-        self.blimp = BlimpEvaluator.from_config(ev, model_cfg, tokenizer, scorer=self.scorer, progress=show)
+        self.blimp = BlimpEvaluator.from_config(ev, model_cfg, tokenizer, scorer=self.scorer, progress=self.show)
         self.supplement = (BlimpEvaluator.from_config(ev, model_cfg, tokenizer, suite_dir=ev.supplement_dir,
-                                                      scorer=self.scorer, progress=show)
+                                                      scorer=self.scorer, progress=self.show)
                            if ev.supplement_dir else None)
         dev = None if dev_ids is None or len(dev_ids) == 0 else np.asarray(dev_ids)
         self.dev = dev
         self._ppl_sequences = int(ev.perplexity_sequences) if dev is not None else 0
+        self._ppl_plan = self.scorer.plan(ppl_lib.dev_rows(dev, self._ppl_sequences, "pseudo_perplexity")) \
+            if self._ppl_sequences > 0 else None
         self._mlm = None
         if dev is not None and ev.get("mlm_sequences", 0) > 0:
             shards = self.scorer.placement.shards
@@ -124,6 +131,24 @@ class Evaluator:
         self.selection_rows = None if dev is None else \
             ppl_lib.strided_rows(len(dev), int(ev.get("dev_perplexity_sequences", 10_000)))
         self._selection_plan = None
+
+    @property
+    def selection_plan(self):
+        """The checkpoint-selection sample's batches (planned once; None without a dev split)."""
+        if self._selection_plan is None and self.selection_rows is not None:
+            self._selection_plan = self.scorer.plan(ppl_lib.dev_rows(self.dev[self.selection_rows], 0,
+                                                                     "dev_perplexity"))
+        return self._selection_plan
+
+    def plans(self) -> dict[str, list]:
+        """What `evaluate` and `dev_perplexity` run, as {measure: [PLLPlan, ...]}, for the cost estimate
+        (the dev MLM loss, one pass per row, is left out: a few batches)."""
+        out = {"evaluate": [self.blimp.plan] + ([self.supplement.plan] if self.supplement is not None else [])}
+        if self._ppl_plan is not None:
+            out["evaluate"].append(self._ppl_plan)
+        if self.selection_rows is not None:
+            out["dev_perplexity"] = [self.selection_plan]
+        return out
 
     # -- what is scored -------------------------------------------------------------------------
     def describe(self) -> str:
@@ -167,16 +192,18 @@ class Evaluator:
         average = blimp_average(result["blimp"], result.get("supplement"))
         result["blimp_avg"] = average.pop("blimp_avg")
         result["blimp_avg_groups"] = average
-        if self._ppl_sequences > 0:
-            result["perplexity"] = ppl_lib.pseudo_perplexity(params, self.model_config, self.dev,
-                                                             num_sequences=self._ppl_sequences, scorer=self.scorer)
+        if self._ppl_plan is not None:
+            with self.show(len(self._ppl_plan.batches), f"dev pseudo-perplexity ({self._ppl_sequences} rows)") as bar:
+                _, scores = self.scorer.run(params, self._ppl_plan, progress=bar)
+            result["perplexity"] = ppl_lib.perplexity_summary(scores)
         if self._mlm is not None:
-            mlm = self._mlm(params)
+            with self.show(len(self._mlm.plan), "dev MLM loss") as bar:
+                mlm = self._mlm(params, progress=bar)
             mlm["mlm_num_sequences"], mlm["mlm_num_masked"] = mlm.pop("num_sequences"), mlm.pop("num_masked")
             result.setdefault("perplexity", {}).update(mlm)
         if extra:
             result.update(extra)
-        result["seconds"] = time.perf_counter() - start
+        result["seconds"] = self.seconds["evaluate"] = time.perf_counter() - start
         if self.primary:
             write_json(path, result)
         self._say(self.summary(result))
@@ -191,13 +218,11 @@ class Evaluator:
         Dropout is off here (the reference left the model in training mode)."""
         if self.selection_rows is None:
             raise ClimbError("dev_perplexity needs a dev split; this run has none.")
-        if self._selection_plan is None:
-            self._selection_plan = self.scorer.plan(ppl_lib.dev_rows(self.dev[self.selection_rows], 0,
-                                                                     "dev_perplexity"))
-        # A bar on a terminal only: the loop prints one line per measurement, which is what a log file needs.
-        show = self.progress and self.primary and is_terminal(sys.stdout)
-        with Progress(len(self._selection_plan.batches), "dev perplexity", enabled=show, stream=None) as bar:
-            _, result = self.scorer.run(params, self._selection_plan, progress=bar)
+        start = time.perf_counter()
+        plan = self.selection_plan
+        with self.show(len(plan.batches), f"dev perplexity ({len(plan.sequences)} rows, checkpoint selection)") as bar:
+            _, result = self.scorer.run(params, plan, progress=bar)
+        self.seconds["dev_perplexity"] = time.perf_counter() - start
         rows = ppl_lib.row_perplexities(result)
         return {
             "mean": float(rows.mean()),
@@ -213,12 +238,17 @@ class Evaluator:
 
     @staticmethod
     def summary(result: dict) -> str:
-        """One line for the console: BLiMP overall, blimp_avg, pseudo-perplexity, pair counts."""
+        """One line for the console: BLiMP overall, blimp_avg, pseudo-perplexity, pair counts. It follows
+        the checkpoint selection's own dev measurements (a mean of per-row perplexities over another
+        sample), so it says which checkpoint it scored and what its perplexity is over."""
         blimp = result.get("blimp", {})
-        text = (f"step {result.get('step')}: BLiMP {blimp.get('overall', float('nan')):.4f} over "
+        checkpoint = (result.get("selection") or {}).get("checkpoint_step", result.get("step"))
+        scored = "" if checkpoint == result.get("step") else f", scoring the checkpoint of step {checkpoint}"
+        text = (f"step {result.get('step')}{scored}: BLiMP {blimp.get('overall', float('nan')):.4f} over "
                 f"{blimp.get('num_pairs', 0)} pairs ({pair_limit_text(blimp.get('max_pairs_per_file', 0))}), "
                 f"blimp_avg {result.get('blimp_avg', float('nan')):.4f}")
-        ppl = result.get("perplexity", {}).get("pseudo_perplexity")
-        if ppl is not None and math.isfinite(ppl):
-            text += f", pseudo-perplexity {ppl:.2f}"
+        ppl = result.get("perplexity", {})
+        if ppl.get("pseudo_perplexity") is not None and math.isfinite(ppl["pseudo_perplexity"]):
+            text += (f", pseudo-perplexity {ppl['pseudo_perplexity']:.2f} on {ppl.get('num_sequences', '?')} dev rows "
+                     "(per token)")
         return text

@@ -185,6 +185,10 @@ def _check_inputs(c, flag: str = DATA_DIR_FLAG) -> Path:
             path = tasks_lib.task_path(data_dir, spec, split)
             if not path.exists():
                 train, valid = (tasks_lib.split_files(spec, x)[0] for x in tasks_lib.SPLITS)
+                if data_dir == tasks_lib.EMBEDDED_DIR:
+                    raise DataError(f"the fine-tuning sample shipped in the package (finetune.data_dir=embedded) "
+                                    f"holds only {', '.join(tasks_lib.available_tasks(data_dir))}; for task '{name}' "
+                                    f"set finetune.data_dir to a folder with {train} and {valid}.")
                 raise DataError(f"{path} does not exist: task '{name}' needs {train} and {valid} in "
                                 f"finetune.data_dir={data_dir}.")
     return data_dir

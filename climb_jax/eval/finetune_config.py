@@ -1,5 +1,5 @@
-"""Fine-tuning settings: the `finetune` config section, the protocols' values, the preset words of
-`configs/finetune.py`, and the frozen `Settings` one task is fine-tuned with.
+"""Fine-tuning settings: the protocols' values, the config and preset words of `configs/finetune.py`,
+and the frozen `Settings` one task is fine-tuned with.
 
 Why protocols: the reference fine-tuned with the BabyLM 2023 pipeline (`finetune_classification.py`
 run by its evaluator): lr 5e-5, batch 64, up to 10 epochs, length 128, no warmup, weight decay 0,
@@ -10,8 +10,9 @@ default. `per_epoch` is this project's earlier recipe (an evaluation after every
 
 A field left unset (`None`, or `()` for the seeds) takes the protocol's value, so
 `--config.finetune.protocol=per_epoch` on the command line switches every such value at once while
-any field set explicitly wins. The section is the one schema: `schema.base_config()` carries it
-too, so a pre-training run's config can name its fine-tuning data and settings.
+any field set explicitly wins. The `finetune` section itself is the schema's
+(`climb_jax.config.finetune_section`): `schema.base_config()` carries it too, so a pre-training run's
+config can name its fine-tuning data and settings.
 
 This module imports no JAX: the config files and `--help` read it.
 """
@@ -19,13 +20,15 @@ This module imports no JAX: the config files and `--help` read it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ml_collections import ConfigDict, config_dict
 
-from climb_jax.config import choices
+from climb_jax.config import choices, schema
+from climb_jax.config.finetune_section import finetune_section
 from climb_jax.errors import ConfigError
 
 # The values each protocol gives to the fields it decides (every other field has one default).
@@ -62,58 +65,9 @@ PER_EPOCH_LARGE = dict(epochs=3, patience=1)
 _PROTOCOL_FIELDS = ("epochs", "patience", "threshold", "eval_every", "select_every", "warmup_fraction", "weight_decay")
 
 
-def finetune_section(task: str = "rte") -> ConfigDict:
-    """The `finetune` config section (one schema for configs/finetune.py and pre-training configs)."""
-    def unset_int():  # a new reference per field: a shared one would tie the fields together
-        return config_dict.placeholder(int)
-
-    def unset_float():
-        return config_dict.placeholder(float)
-
-    return ConfigDict(dict(
-        protocol=choices.DEFAULT_FINETUNE_PROTOCOL,  # choices.FINETUNE_PROTOCOLS
-        task=task,  # a task name, or several: "rte,mrpc" (in a preset: finetune.task=[rte,mrpc])
-        data_dir="",  # folder of <task>.train.jsonl / <task>.valid.jsonl (or the BabyLM pipeline's names)
-        # Task description; empty = the built-in one (eval/tasks.py).
-        text_fields="",  # "sentence1,sentence2"; '+' joins fields of one segment: "paragraph,question+answer"
-        label_field="",
-        num_classes=0,
-        # "f1,accuracy": the first is the headline; it selects the checkpoint, except under babylm2023 where
-        # binary tasks are selected by f1 (when listed), as the pipeline's metric_for_best_model
-        metrics="",
-        label_names="",  # for string labels: "entailment,not_entailment" (position = class id)
-        joiner="",  # between the '+'-joined fields of text_fields (default: a space)
-        lr=5e-5,
-        batch_size=64,
-        eval_batch_size=128,
-        max_seq_len=128,
-        max_grad_norm=1.0,  # over encoder and classifier, torch's rule (train/optim.py clip_like_torch)
-        adam_b1=0.9,
-        adam_b2=0.999,
-        adam_eps=1e-8,
-        # Unset (None / ()) = the protocol's value (PROTOCOLS).
-        epochs=unset_int(),  # the most epochs
-        patience=unset_int(),  # evaluations without improvement before stopping; 0 = never stop early
-        threshold=unset_float(),  # an improvement must exceed this to reset the patience
-        eval_every=unset_int(),  # steps between evaluations; 0 = after every epoch
-        select_every=unset_int(),  # a checkpoint can be selected only at multiples of this step; 0 = any evaluation
-        seeds=(),  # fine-tuning seeds
-        warmup_fraction=unset_float(),
-        weight_decay=unset_float(),
-        dropout_rate=-1.0,  # < 0: the pretrained model's dropout
-        dtype="",  # "" = the pretrained model's; or one of choices.DTYPES
-        # Limits for quick looks (climb_jax.evaluate exposes them): 0 = all.
-        max_train_examples=0,  # the first N training examples
-        max_valid_examples=0,  # the first N validation examples
-        eval_train=False,  # also score the training examples at every evaluation
-    ))
-
-
 def default_config(task: str = "rte") -> ConfigDict:
     """The config of `configs/finetune.py`: the run to fine-tune, the `finetune` section, and the base
     config's `mesh` and `distributed` sections."""
-    from climb_jax.config import schema  # late: the schema builds its base config with finetune_section
-
     base = schema.base_config()
     c = ConfigDict()
     c.mode = "finetune"
@@ -127,10 +81,16 @@ def default_config(task: str = "rte") -> ConfigDict:
     return c
 
 
-def apply_smoke(c: ConfigDict) -> None:
-    """A few examples and epochs: checks the whole path in seconds on a CPU."""
+def apply_smoke(c: ConfigDict, task_given: bool = True) -> None:
+    """A few examples and epochs: checks the whole path in seconds on a CPU. Without a data folder it
+    fine-tunes on the sample shipped in the package (and on its task, unless a task word was given),
+    so a fresh clone can try fine-tuning with no data to fetch."""
     c.finetune.update(dict(max_train_examples=64, max_valid_examples=64, epochs=2, batch_size=16,
                            eval_batch_size=32, max_seq_len=64, patience=0))
+    if not c.finetune.data_dir:
+        c.finetune.data_dir = choices.EMBEDDED_FINETUNE_DATA
+        if not task_given:
+            c.finetune.task = choices.EMBEDDED_FINETUNE_TASK
 
 
 PRESETS: dict[str, Callable[[ConfigDict], None]] = {
@@ -145,13 +105,12 @@ def build_config(arg: str | None = None) -> ConfigDict:
     """`configs/finetune.py:<items>` in the shared preset grammar (schema.parse_arg): task names
     (every task word given, in order), a protocol name, `seeds3`/`seeds5`, `smoke` (applied last) and
     key=value items (`finetune.lr=1e-4`, `finetune.text_fields=[premise,hypothesis]`)."""
-    from climb_jax.config import schema
-
     c = default_config()
     task_words = [w for w in schema.parse_arg(arg).words if w in choices.TASKS]
     if task_words:
         c.finetune.task = ",".join(dict.fromkeys(task_words))
-    return schema.apply_arg(c, arg, PRESETS, smoke=apply_smoke, common={}, where="configs/finetune.py")
+    smoke = functools.partial(apply_smoke, task_given=bool(task_words))
+    return schema.apply_arg(c, arg, PRESETS, smoke=smoke, common={}, where="configs/finetune.py")
 
 
 def task_names(ft: Mapping[str, Any]) -> list[str]:
@@ -273,16 +232,22 @@ DATA_DIR_FLAG = "--config.finetune.data_dir"
 
 def resolve_data_dir(ft: Mapping[str, Any], run_config: Mapping[str, Any] | None = None, *,
                      flag: str = DATA_DIR_FLAG) -> Path:
-    """finetune.data_dir, else the pretraining run's own `finetune.data_dir`; no built-in default.
-    `flag` is how the caller's user sets the folder (climb_jax.evaluate: --tasks_dir)."""
+    """finetune.data_dir, else the pretraining run's own `finetune.data_dir`; no built-in default
+    (`embedded`, the smoke preset's, names the sample shipped in the package). `flag` is how the
+    caller's user sets the folder (climb_jax.evaluate: --tasks_dir)."""
     data_dir = ft.get("data_dir")
     if not data_dir and run_config is not None:
         data_dir = (run_config.get("finetune") or {}).get("data_dir")
     if not data_dir:
         raise ConfigError(
             f"no fine-tuning data: set finetune.data_dir (e.g. {flag}=<folder of <task>.train.jsonl and "
-            "<task>.valid.jsonl files>, such as BabyLM's filtered GLUE data)."
+            "<task>.valid.jsonl files>, such as BabyLM's filtered GLUE data), or finetune.data_dir=embedded for "
+            f"the {choices.EMBEDDED_FINETUNE_TASK} sample shipped in the package."
         )
+    if data_dir == choices.EMBEDDED_FINETUNE_DATA:
+        from climb_jax.eval.tasks import EMBEDDED_DIR
+
+        return EMBEDDED_DIR
     path = Path(os.path.expanduser(str(data_dir)))
     if not path.is_dir():
         raise ConfigError(f"the fine-tuning data folder {flag}={data_dir} is not a folder.")

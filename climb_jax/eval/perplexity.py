@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import functools
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -33,12 +34,14 @@ from climb_jax.models.roberta import RobertaConfig, RobertaForMaskedLM
 from climb_jax.parallel.mesh import Placement
 
 __all__ = ["DEFAULT_BUCKETS", "PLLResult", "PLLScorer", "MLMLoss", "mlm_loss", "mlm_masks", "mlm_params",
-           "mlm_sums_fn", "pseudo_perplexity", "row_perplexities", "scorable", "token_logprob_fn", "truncate",
-           "truncation_index"]
+           "mlm_sums_fn", "perplexity_summary", "pseudo_perplexity", "row_perplexities", "scorable",
+           "token_logprob_fn", "truncate", "truncation_index"]
 
 # Batches dispatched ahead of the one being read back: host work overlaps device work while
-# memory for pending inputs stays bounded.
-_MAX_IN_FLIGHT = 8
+# memory for pending inputs stays bounded. Few: a stop signal is heard when a batch is read back,
+# and the batches already dispatched still run (seconds each for a CPU's large batches) before the
+# run can save, within a preempted VM's ~30 s of grace.
+_MAX_IN_FLIGHT = 2
 
 
 def mlm_params(params: Mapping[str, Any]) -> dict:
@@ -163,6 +166,20 @@ class PLLScorer:
                            num_tokens=plan.num_tokens, truncated=plan.truncated, num_copies=plan.num_copies)
         return logprobs, result
 
+    def time_batch(self, params, plan: PLLPlan, batch) -> tuple[float, float]:
+        """Seconds of two calls on one of `plan`'s batches (for the run's cost estimate): the first
+        includes compiling the batch's shape if it is new (the compiled shape is kept for the real
+        evaluation), the second is the steady cost."""
+        params = self.placement.params(mlm_params(params))
+        inputs = self.placement.batch(plan.inputs(batch))
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            jax.block_until_ready(self._fn(params, *inputs))
+            times.append(time.perf_counter() - start)
+        self.shapes_run.add((batch.size, batch.width))
+        return times[0], times[1]
+
     def token_logprobs(self, params, sequences: Sequence[np.ndarray],
                        word_ids: Sequence[np.ndarray] | None = None) -> tuple[list[np.ndarray], PLLResult]:
         """Per-position log p for every sequence; `word_ids` (-1 at special tokens) switches to
@@ -225,7 +242,11 @@ def pseudo_perplexity(params, model_config: RobertaConfig, input_ids: np.ndarray
     """
     rows = dev_rows(input_ids, num_sequences, "pseudo_perplexity")
     scorer = scorer or PLLScorer(model_config, batch_size=batch_size, mesh=mesh)
-    result = scorer.score(params, rows)
+    return perplexity_summary(scorer.score(params, rows))
+
+
+def perplexity_summary(result: PLLResult) -> dict:
+    """`pseudo_perplexity`'s figures from the scores of its rows."""
     tokens = int(result.num_tokens.sum())
     if tokens == 0:
         raise DataError("pseudo_perplexity: the selected rows contain no scorable (non-special) tokens.")
@@ -233,7 +254,7 @@ def pseudo_perplexity(params, model_config: RobertaConfig, input_ids: np.ndarray
     return {
         "pseudo_perplexity": float(math.exp(-mean)),
         "pseudo_log_likelihood_per_token": mean,
-        "num_sequences": len(rows),
+        "num_sequences": len(result.scores),
         "num_tokens": tokens,
         "truncated": result.truncated,
     }
@@ -269,10 +290,15 @@ class MLMLoss:
         self.placement = Placement(mesh, batch_sizes=(batch_size,), what="the dev MLM loss's batch size")
         self._fn = mlm_sums_fn(model_config, mesh)
 
-    def __call__(self, params) -> dict:
-        """Mean loss per masked token, its perplexity and top-1 accuracy."""
+    def __call__(self, params, progress: Progress | None = None) -> dict:
+        """Mean loss per masked token, its perplexity and top-1 accuracy; `progress` is updated after
+        each batch is dispatched (so a stop signal is heard between batches)."""
         placed = self.placement.params(mlm_params(params))
-        totals = [self._fn(placed, *self.placement.batch(parts)) for parts in self.plan]
+        totals = []
+        for parts in self.plan:
+            totals.append(self._fn(placed, *self.placement.batch(parts)))
+            if progress is not None:
+                progress.update(1)
         nll_sum, correct_sum = np.sum([np.asarray(t, dtype=np.float64) for t in totals], axis=0)
         loss = float(nll_sum / self.plan.num_masked)
         return {

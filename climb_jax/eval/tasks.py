@@ -35,6 +35,9 @@ from climb_jax.errors import ConfigError, DataError
 from climb_jax.eval.metrics import METRICS
 
 SPLITS = ("train", "valid")
+# `finetune.data_dir=embedded` (choices.EMBEDDED_FINETUNE_DATA): the first 48 training and 32 validation
+# lines of BabyLM's filtered WSC, unchanged (its NOTICE.md), for smoke runs on a fresh clone.
+EMBEDDED_DIR = Path(__file__).resolve().parent / "sample" / "glue"
 
 
 def template_fields(template: str) -> tuple[str, ...]:

@@ -21,8 +21,8 @@ bandwidth), with tokens/s, MFU, wall-clock and chip-hours for `trainer.total_ste
 over the optimized program and tends to overstate traffic, so the estimate leans slow; calibrate it
 against the `step_time_s` of the first real run.
 
-A config that does not fit, or whose batch does not divide over the slice, is a `ConfigError` (exit 2)
-that says what to change.
+A config whose batch does not divide over the slice is a `ConfigError` (exit 2) here; one that does not
+fit is refused by `report.enforce`, with what to change.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from climb_jax.preflight import accelerators
-from climb_jax.preflight.report import HBM_HEADROOM, Preflight, Program  # noqa: F401  (the report's home)
+from climb_jax.preflight.report import Preflight, Program
 from climb_jax.errors import ClimbError, ConfigError
 
 # libtpu takes a machine-wide lock file when it loads; a compile-only client needs no exclusive
@@ -310,7 +310,8 @@ def preflight(config, accelerator_type: str, *, topology: str | None = None, ext
     compile_fn = lambda name, fn, args: compile_program(name, fn, args, target=target, cache_dir=cache_dir,  # noqa: E731
                                                         cached_only=cached_only)
     programs = {"train_step": compile_fn("train_step", compiled.step,
-                                         (state, abstract_batch(config, compiled.batch_sharding)))}
+                                         (state, abstract_batch(config, compiled.batch_sharding),
+                                          compiled.abstract_curriculum()))}
     notes = []
     if extras:
         more, notes = _extra_programs(config, setup, compiled, mesh, compile_fn)
@@ -323,33 +324,6 @@ def preflight(config, accelerator_type: str, *, topology: str | None = None, ext
         seq_len=int(config.data.seq_len), total_steps=int(config.trainer.total_steps),
         mesh={k: int(v) for k, v in mesh.shape.items()}, state_bytes=state_bytes, programs=programs, notes=notes,
     )
-
-
-def advice(report: Preflight) -> str:
-    """What to change when a run does not fit, most effective first."""
-    tips = []
-    if report.dtype == "float32":
-        tips.append("--config.model.dtype=bfloat16 (halves activation memory; parameters stay float32)")
-    per_chip = report.global_batch // report.chips
-    if per_chip > 1:
-        smaller = report.global_batch // 2
-        tips.append(f"a smaller per-chip batch, e.g. --config.trainer.batch_size={smaller} "
-                    f"({per_chip // 2} sequences per chip instead of {per_chip})")
-    fsdp = report.mesh.get("fsdp", 1)
-    if fsdp < report.chips:
-        tips.append(f"--config.mesh.fsdp={report.chips} (splits the {report.state_total / 1e9:.2f} GB of parameters "
-                    "and optimizer state per chip over the slice)")
-    tips.append("a larger slice or a generation with more HBM per chip")
-    return "; or ".join(tips)
-
-
-def enforce(report: Preflight) -> None:
-    """Raises ConfigError when the run does not fit the slice."""
-    if report.fits:
-        return
-    why = report.out_of_memory.rstrip(". ") or (f"needs {report.peak_bytes / 1e9:.2f} GB per chip, more than "
-                                   f"{HBM_HEADROOM:.0%} of the {report.chip.hbm_bytes / 1e9:.1f} GB of HBM")
-    raise ConfigError(f"{report.label} does not fit {report.accelerator_type}: {why}. Try {advice(report)}.")
 
 
 def default_cache_dir() -> Path:

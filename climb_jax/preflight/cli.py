@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from climb_jax.preflight.aot import _configure_jax, default_cache_dir, enforce, preflight
+from climb_jax.preflight.aot import _configure_jax, default_cache_dir, preflight
+from climb_jax.preflight.report import enforce
 from climb_jax.errors import ClimbError, ConfigError
 
 
@@ -17,7 +18,7 @@ def _define_flags():
     from climb_jax.preflight.table import TABLE_SIZES, TABLE_SLICES, TABLE_VARIANTS
 
     flags.DEFINE_string("accelerator_type", None, "TPU slice, e.g. v4-8, v4-32, v5litepod-16, v5p-8, v6e-8.")
-    flags.DEFINE_string("topology", None, "libtpu topology name (default: derived from --accelerator_type, "
+    flags.DEFINE_string("topology", None, "libtpu topology name (default: derived from --accelerator-type, "
                         "e.g. v4-32 -> v4:2x2x4).")
     flags.DEFINE_boolean("extras", True, "Also compile the self-perplexity scoring and evaluation functions.")
     flags.DEFINE_boolean("json", False, "Print the report as one JSON object instead of text.")
@@ -38,9 +39,11 @@ def help_text(FLAGS) -> str:
     for name in ("config", "accelerator_type", "topology", "extras", "json", "cache", "cache_dir", "table",
                  "table_slices", "table_sizes", "table_variants", "cached_only"):
         flag = FLAGS[name]
-        shown = f"--[no]{name}" if flag.boolean else f"--{name}"
+        spelt = name.replace("_", "-")  # as the usage line and the launchers write them
+        shown = f"--[no]{spelt}" if flag.boolean else f"--{spelt}"
         lines.append(f"  {shown:<20} {flag.help}")
-    lines += ["", "The config files, their preset words and fields are those of `python -m climb_jax.main --help`."]
+    lines += ["", "Flags may be written with underscores as well (--accelerator_type=v4-8).",
+              "The config files, their preset words and fields are those of `python -m climb_jax.main --help`."]
     return "\n".join(lines) + "\n"
 
 

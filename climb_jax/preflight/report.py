@@ -1,12 +1,13 @@
 """A pre-flight's result for one slice: what each compiled program needs per chip, whether the run fits
 the chip's HBM, and the roofline estimate of its step time and cost. Pure arithmetic over the compiled
 programs' memory and cost analyses, so it round-trips through the pre-flight cache as JSON; compiling
-is `climb_jax.aot`'s job."""
+is `aot`'s job. A run that does not fit is refused here (`enforce`), with what to change (`advice`)."""
 
 from __future__ import annotations
 
 import dataclasses
 
+from climb_jax.errors import ConfigError
 from climb_jax.preflight import accelerators
 
 # Fraction of HBM a program may use. The compiler itself refuses a program above about 98% (15.75 of
@@ -184,3 +185,30 @@ class Preflight:
         ]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def advice(report: Preflight) -> str:
+    """What to change when a run does not fit, most effective first."""
+    tips = []
+    if report.dtype == "float32":
+        tips.append("--config.model.dtype=bfloat16 (halves activation memory; parameters stay float32)")
+    per_chip = report.global_batch // report.chips
+    if per_chip > 1:
+        smaller = report.global_batch // 2
+        tips.append(f"a smaller per-chip batch, e.g. --config.trainer.batch_size={smaller} "
+                    f"({per_chip // 2} sequences per chip instead of {per_chip})")
+    fsdp = report.mesh.get("fsdp", 1)
+    if fsdp < report.chips:
+        tips.append(f"--config.mesh.fsdp={report.chips} (splits the {report.state_total / 1e9:.2f} GB of parameters "
+                    "and optimizer state per chip over the slice)")
+    tips.append("a larger slice or a generation with more HBM per chip")
+    return "; or ".join(tips)
+
+
+def enforce(report: Preflight) -> None:
+    """Raises ConfigError when the run does not fit the slice."""
+    if report.fits:
+        return
+    why = report.out_of_memory.rstrip(". ") or (f"needs {report.peak_bytes / 1e9:.2f} GB per chip, more than "
+                                   f"{HBM_HEADROOM:.0%} of the {report.chip.hbm_bytes / 1e9:.1f} GB of HBM")
+    raise ConfigError(f"{report.label} does not fit {report.accelerator_type}: {why}. Try {advice(report)}.")

@@ -1,10 +1,12 @@
 """Checkpoints with orbax: the train state, the data sampler's position and scores, and run metadata.
 
 Saves are atomic (orbax writes into a temporary directory and renames it when complete), so a run
-killed mid-save leaves the previous checkpoint intact. Every save records a CRC32 of each state leaf in
-its metadata; on restore, a checkpoint that cannot be read (truncated files) or whose contents no
-longer match those checksums (flipped bits that still decode) is reported and the next older one is
-tried. Nothing is deleted: when training reaches the step of such a checkpoint again, the bad one is
+killed mid-save leaves the previous checkpoint intact, and asynchronous: orbax copies the state and
+writes it in the background while training goes on. Every save records a digest of each state leaf in
+its metadata, computed on the devices where the state lives (`state_digests`), so the check never
+copies the state to the host, and works for a state sharded over many hosts; on restore, a checkpoint
+that cannot be read (truncated files) or whose contents no longer match those digests (flipped bits
+that still decode) is reported and the next older one is tried. Nothing is deleted: when training reaches the step of such a checkpoint again, the bad one is
 moved to `<checkpoints>.unreadable/` before the new one is written. A checkpoint whose shapes do not
 fit the current config (a changed vocabulary or model size) is a configuration mistake, not damage:
 it stops the run with a message instead of falling back. A failed write (a full disk) is reported
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import json
 import sys
 import traceback
@@ -23,6 +26,7 @@ import zlib
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -53,9 +57,7 @@ class Checkpointer:
         self._wait(self._pending)  # a failed earlier (asynchronous) save is reported with its own step
         if step in self._unreadable:
             self._move_aside(step)
-        checksums = state_checksums(state)
-        if checksums is not None:
-            meta = dict(meta, checksums=checksums)
+        meta = dict(meta, digests=state_digests(state))  # a few bytes per leaf come to the host
         items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         if host:
             items["host"] = ocp.args.StandardSave(host)
@@ -220,9 +222,56 @@ def _path_name(path) -> str:
     return "/".join(parts)
 
 
-def state_checksums(state) -> dict[str, int] | None:
-    """CRC32 of every leaf's bytes, by path. None when part of the state lives on other hosts (a
-    multi-host sharded state); orbax's own files are then all a restore can check."""
+def _words(x) -> jax.Array:
+    """A leaf's bits as uint32 words, flat: 4-byte types bitcast, narrower ones widened, 8-byte ones split."""
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32).ravel()
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).ravel()
+
+
+def _leaf_digest(x) -> jax.Array:
+    """uint32 [2]: the sum of the leaf's words and their sum weighted by odd position factors, modulo 2^32.
+    A single flipped bit changes both; the weights make moved words count too. Integer sums wrap
+    exactly, so the result does not depend on how the leaf is sharded or in what order it is reduced."""
+    w = _words(x)
+    odd = 2 * jax.lax.iota(jnp.uint32, w.size) + 1
+    return jnp.stack([jnp.sum(w, dtype=jnp.uint32), jnp.sum(w * odd, dtype=jnp.uint32)])
+
+
+@functools.lru_cache(maxsize=None)
+def _digest_fn(out_sharding):
+    """The jitted `_leaf_digest`, one per output sharding. One leaf per call: jit compiles it once per
+    leaf shape (a few dozen small programs), where one program over every leaf took XLA's CPU compiler
+    minutes; the calls are dispatched together and fetched once."""
+    return jax.jit(_leaf_digest, out_shardings=out_sharding)
+
+
+def _replicated(leaves):
+    """A sharding that puts the (tiny) digests on every device of the state's mesh, so each process
+    reads them locally; None (jit's choice) for a state that is not on a mesh."""
+    for x in leaves:
+        mesh = getattr(getattr(x, "sharding", None), "mesh", None)
+        if isinstance(mesh, jax.sharding.Mesh):
+            return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return None
+
+
+def state_digests(state) -> dict[str, list[int]]:
+    """Two 32-bit sums of every leaf's bits (`_leaf_digest`), by path. Computed by one jitted function
+    where the state lives; only 8 bytes per leaf are fetched, so a save waits for the step that made
+    the state (as orbax's own copy does) but never for a host copy of the whole state."""
+    leaves = jax.tree_util.tree_leaves_with_path(state)
+    digest = _digest_fn(_replicated([x for _, x in leaves]))
+    values = jax.device_get([digest(x) for _, x in leaves])
+    return {_path_name(p): [int(v[0]), int(v[1])] for (p, _), v in zip(leaves, values)}
+
+
+def _crc32s(state) -> dict[str, int] | None:
+    """CRC32 of every leaf's bytes: what checkpoints written before `state_digests` recorded (as
+    `checksums`); still checked when one of those is restored. None for a multi-host sharded state."""
     leaves = jax.tree_util.tree_leaves_with_path(state)
     if not all(getattr(x, "is_fully_addressable", True) for _, x in leaves):
         return None
@@ -231,15 +280,18 @@ def state_checksums(state) -> dict[str, int] | None:
 
 
 def _verify_checksums(state, meta: dict, step: int) -> None:
-    recorded = (meta or {}).get("checksums")
-    if not recorded:
-        return  # written before checksums were recorded, or by a multi-host run
-    now = state_checksums(state)
+    meta = meta or {}
+    if meta.get("digests"):
+        recorded, now = meta["digests"], state_digests(state)
+    elif meta.get("checksums"):
+        recorded, now = meta["checksums"], _crc32s(state)
+    else:
+        return  # written before checkpoints recorded either
     if now is None:
         return
     bad = sorted(k for k in recorded if now.get(k) != recorded[k])
     if bad or set(now) != set(recorded):
-        raise CheckpointError(f"checkpoint {step}: {bad[0] if bad else 'the state'} does not match the checksum "
+        raise CheckpointError(f"checkpoint {step}: {bad[0] if bad else 'the state'} does not match the digest "
                               "recorded when it was saved (its files were changed or damaged)")
 
 

@@ -110,16 +110,18 @@ def _decay_mask(params):
     return jax.tree_util.tree_map(lambda x: x.ndim >= 2, params)
 
 
-def _direction(b1: float, b2: float, eps: float, weight_decay: float) -> optax.GradientTransformation:
+def adamw_direction(b1: float, b2: float, eps: float, weight_decay: float) -> optax.GradientTransformation:
+    """The AdamW direction every parameter group uses (pre-training's groups and fine-tuning,
+    eval/finetune_model.py); the caller moves the parameters by -lr * direction."""
     return optax.chain(scale_by_adam_hf(b1, b2, eps), optax.add_decayed_weights(weight_decay, _decay_mask))
 
 
 def make_optimizers(t: ConfigDict, units: Sequence[Unit]) -> dict[str, optax.GradientTransformation]:
     """One update direction per top-level parameter group: 'encoder' and each unit's head. The step
     scales each by its learning rate (`LearningRates.at`)."""
-    txs = {"encoder": _direction(t.adam_b1, t.adam_b2, t.adam_eps, t.weight_decay)}
+    txs = {"encoder": adamw_direction(t.adam_b1, t.adam_b2, t.adam_eps, t.weight_decay)}
     for u in units:
-        txs[u.head] = _direction(t.adam_b1, t.adam_b2, u.adam_eps, u.weight_decay)
+        txs[u.head] = adamw_direction(t.adam_b1, t.adam_b2, u.adam_eps, u.weight_decay)
     return txs
 
 
@@ -132,15 +134,23 @@ class Clipped(NamedTuple):
     encoder_norm: jax.Array
 
 
-def clip_encoder(grads: dict, max_norm: float) -> Clipped:
-    """The reference's clipping: `clip_grad_norm_(encoder.parameters(), max_norm)`, i.e. the encoder's
-    gradient scaled by min(1, max_norm / (norm + 1e-6)); the heads have their own optimizers and
-    are never clipped. `max_norm <= 0` turns clipping off."""
-    norm = optax.global_norm(grads["encoder"])
+def clip_like_torch(grads, max_norm: float):
+    """`torch.nn.utils.clip_grad_norm_` over the whole tree: scaled by min(1, max_norm / (norm + 1e-6));
+    returns (grads, norm). `max_norm <= 0` leaves them as they are. Fine-tuning clips everything it
+    trains, since Hugging Face's Trainer clips its model's parameters and there the model holds the
+    encoder and the classifier; pre-training clips the encoder only (clip_encoder)."""
+    norm = optax.global_norm(grads)
     if max_norm <= 0:
-        return Clipped(grads, norm)
+        return grads, norm
     scale = jnp.minimum(1.0, max_norm / (norm + 1e-6))
-    encoder = jax.tree_util.tree_map(lambda g: g * scale.astype(g.dtype), grads["encoder"])
+    return jax.tree_util.tree_map(lambda g: g * scale.astype(g.dtype), grads), norm
+
+
+def clip_encoder(grads: dict, max_norm: float) -> Clipped:
+    """The reference's clipping: `clip_grad_norm_(encoder.parameters(), max_norm)`, torch's rule
+    (clip_like_torch) over the encoder's gradient; the heads have their own optimizers and are never
+    clipped. `max_norm <= 0` turns clipping off."""
+    encoder, norm = clip_like_torch(grads["encoder"], max_norm)
     return Clipped({**grads, "encoder": encoder}, norm)
 
 
@@ -159,25 +169,3 @@ def apply_updates(txs, opt_state: dict, params: dict, grads: dict, lrs: Mapping[
             state = jax.tree_util.tree_map(lambda new, old: jnp.where(on, new, old), state, opt_state[name])
         new_params[name], new_state[name] = moved, state
     return new_params, new_state
-
-
-# ------------------------------------------------------------------------------------------------
-# The same recipe for fine-tuning (eval/finetune_model.py): one parameter tree, one optimizer.
-
-
-def adamw_direction(b1: float, b2: float, eps: float, weight_decay: float) -> optax.GradientTransformation:
-    """The AdamW direction every parameter group uses (pre-training's groups and fine-tuning); the
-    caller moves the parameters by -lr * direction."""
-    return _direction(b1, b2, eps, weight_decay)
-
-
-def clip_like_torch(grads, max_norm: float):
-    """`torch.nn.utils.clip_grad_norm_` over the whole tree: scaled by min(1, max_norm / (norm + 1e-6));
-    returns (grads, norm). `max_norm <= 0` leaves them as they are. Fine-tuning clips everything it
-    trains, since Hugging Face's Trainer clips its model's parameters and there the model holds the
-    encoder and the classifier; in pre-training the heads have optimizers of their own (clip_encoder)."""
-    norm = optax.global_norm(grads)
-    if max_norm <= 0:
-        return grads, norm
-    scale = jnp.minimum(1.0, max_norm / (norm + 1e-6))
-    return jax.tree_util.tree_map(lambda g: g * scale.astype(g.dtype), grads), norm

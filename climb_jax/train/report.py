@@ -7,18 +7,20 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from climb_jax.curriculum import vocabulary
+from climb_jax.data.dataset import startup_notes
 from climb_jax.eval.progress import is_terminal
+from climb_jax.train.selection import explain
 
 
 def describe(config, data, model) -> list[str]:
     """What a run trains on and what it trains, printed before the first compile."""
     c, t = config, config.trainer
     return [f"corpus {c.data.corpus}: {len(data.train)} training sequences of {c.data.seq_len} tokens from "
-            f"{len(data.sources)} sources; tokenizer: byte-level BPE, {len(data.tokenizer)} tokens "
+            f"{len(data.train_sources)} sources; tokenizer: byte-level BPE, {len(data.tokenizer)} tokens "
             f"({c.data.token_order} order); data cache {data.directory}",
             f"model: {c.model.size} ({model.num_layers} layers, width {model.hidden_size}), {t.total_steps} steps "
-            f"of {t.batch_size} x {c.data.seq_len} tokens, {c.model.dtype} activations"]
+            f"of {t.batch_size} x {c.data.seq_len} tokens, {c.model.dtype} activations",
+            *startup_notes(data, c.data, t)]
 
 
 def log_record(step: int, fetched: list[dict], host: list[dict], *, setup, sampler, sources: list[str],
@@ -43,18 +45,30 @@ def log_record(step: int, fetched: list[dict], host: list[dict], *, setup, sampl
         rec[f"{u.name}_learning_rate"] = float(last["learning_rates"][u.head])
     kind = setup.settings.vocab_kind
     if kind != "none":
-        rec["vocab_pace"] = pace = float(last["vocab_pace"])
-        rec["vocab_allowed_fraction"] = float(vocabulary.allowed_vocab_fraction(kind, pace, setup.model.vocab_size))
+        # The curriculum the step applied (its own metrics), never recomputed here from a schedule.
+        rec["vocab_pace"] = float(last["vocab_pace"])
+        rec["vocab_allowed_ids"] = int(last["vocab_allowed_ids"])  # non-special ids allowed in some POS class
+        rec["vocab_allowed_fraction"] = float(last["vocab_allowed_fraction"])
         real = max(sum(m["real_tokens"] for m in fetched), 1)
         rec["unk_fraction"] = float(sum(m["unk_replaced"] for m in fetched) / real)
     if sampler.curriculum:
         rec["data_fraction"] = float(host[-1]["data_fraction"])  # the fraction the sampler actually drew from
         rec["data_pace"] = float(host[-1]["data_pace"])  # the pacing function's value
+        rec["difficulty_threshold"] = float(last["difficulty_threshold"])  # the step's score threshold
+        # Rows scored above their step's threshold (no loss weight): 0 while the sampler draws exactly.
+        rec["rows_above_threshold"] = int(sum(float(m["rows_above_threshold"]) for m in fetched))
         src = np.concatenate([h["source_ids"] for h in host])
         counts = np.bincount(src, minlength=len(sources)) / max(len(src), 1)
         rec["source_mix"] = {name: float(counts[i]) for i, name in enumerate(sources)}
         rec["batch_difficulty"] = float(np.mean(sampler.scores[np.concatenate([h["index"] for h in host])]))
     return rec
+
+
+def dev_measured(step: int, dev: dict) -> str:
+    """The line of a checkpoint-selection measurement. Labelled as such: the final evaluation's line also
+    has a dev pseudo-perplexity, a per-token figure over fewer rows, which is another number."""
+    return (f"step {step}: checkpoint selection: dev pseudo-perplexity {dev['mean']:.2f} (mean over "
+            f"{dev['sequences']} rows, std {dev['std']:.2f})")
 
 
 def stopped(reason: str, step: int, start: int) -> str:
@@ -67,34 +81,38 @@ def stopped(reason: str, step: int, start: int) -> str:
 def complete(workdir, total: int, metrics_path, metrics: list[dict], evaluation: dict | None, eval_path) -> str:
     """The line a rerun of a finished run prints instead of resuming: where its results are, and its
     final figures."""
-    last = metrics[-1] if metrics else {}
+    last = next((m for m in reversed(metrics) if "loss" in m), {})  # not a dev measurement's line
     blimp = (evaluation or {}).get("blimp", {}).get("overall")
+    note = explain((evaluation or {}).get("selection"))  # a checkpoint other than the last was scored
     return (f"the run in {workdir} is complete ({total} steps): nothing to resume. Results: "
             f"{metrics_path}" + (f", {eval_path}" if eval_path else "")
             + (f"; final loss {last['loss']:.4f}" if "loss" in last else "")
-            + (f", BLiMP {blimp:.4f}" if blimp is not None else ""))
+            + (f", BLiMP {blimp:.4f}" if blimp is not None else "")
+            + (f"; {note}" if note else ""))
 
 
 class Progress:
     """A progress bar of computed steps on a terminal; elsewhere (launch scripts, log files, where
-    carriage-return bars become one unreadable line) one plain line per log step."""
+    carriage-return bars become one unreadable line) and with `bar=False` (`--noprogress`) one plain
+    line per log step. `enabled=False` (processes other than 0) shows nothing."""
 
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total, self.bar = enabled, total, None
+    def __init__(self, enabled: bool, total: int, bar: bool = True):
+        self.enabled, self.total, self.allow_bar, self.bar = enabled, total, bar, None
 
     def start(self, step: int) -> None:
-        if self.enabled and is_terminal(sys.stdout):
+        if self.enabled and self.allow_bar and is_terminal(sys.stdout):
             self.bar = tqdm(total=self.total, initial=step, desc="train", unit="step", dynamic_ncols=True)
 
     def computed(self, step: int) -> None:
         if self.bar is not None and step > self.bar.n:
             self.bar.update(step - self.bar.n)
 
-    def log(self, rec: dict) -> None:
+    def log(self, rec: dict, eta_s: float | None = None) -> None:
+        """`eta_s`: the time left with the evaluations still due (train/estimate.py), when known."""
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
         elif self.enabled:
-            eta = int(rec["step_time_s"] * (self.total - rec["step"]))
+            eta = int(eta_s if eta_s is not None else rec["step_time_s"] * (self.total - rec["step"]))
             print(f"step {rec['step']}/{self.total}: loss {rec['loss']:.4f}, {rec['tokens_per_s']:.0f} tokens/s, "
                   f"ETA {eta // 3600}h{eta // 60 % 60:02d}m", flush=True)
 

@@ -25,6 +25,21 @@ def best_step(history: list[dict]) -> int | None:
     return None if best is None else int(best["step"])
 
 
+def explain(record: dict | None) -> str | None:
+    """The line a run's summary says when the final evaluation scored a checkpoint other than the last
+    (from the eval JSON's `selection` record): which one, and the dev pseudo-perplexities that chose
+    it. None when the last checkpoint was scored: nothing then needs saying."""
+    history = {int(e["step"]): float(e["mean"]) for e in (record or {}).get("history", [])}
+    if not history or record.get("select") == "last":
+        return None
+    chosen, last = int(record["checkpoint_step"]), max(history)
+    if chosen == last or chosen not in history:
+        return None
+    return (f"the final evaluation scored the checkpoint of step {chosen}, not the last (step {last}): its dev "
+            f"pseudo-perplexity {history[chosen]:.1f} was the lowest of {len(history)} measurements "
+            f"(step {last}: {history[last]:.1f}); eval.select=last scores the last checkpoint instead")
+
+
 class CheckpointSelection:
     """The measurements, the best slot and the choice for one run; inactive with `eval.select='last'`."""
 
@@ -40,8 +55,9 @@ class CheckpointSelection:
     def measure(self, step: int, params, evaluator) -> dict | None:
         """At a selection point: dev perplexity of `params`, recorded, and `params` kept if they are the
         best so far (a best slot left past this step by a killed attempt is replaced: its contents are a
-        deterministic function of the run). None elsewhere."""
-        if step not in self.points:
+        deterministic function of the run). None elsewhere, and at a step already measured: a run
+        resumed at a selection point measures it only if a stop signal interrupted the measurement."""
+        if step not in self.points or any(entry["step"] == step for entry in self.history):
             return None
         dev = evaluator.dev_perplexity(params)
         entry = {"step": step, "mean": float(dev["mean"]), "std": float(dev["std"]), "sequences": int(dev["sequences"])}

@@ -4,13 +4,15 @@ A preempted TPU VM receives SIGTERM; a person presses Ctrl-C. Either used to end
 raised wherever the main thread happened to be (inside a compile it crashed the interpreter), with no
 checkpoint. Here the first signal only records why to stop: the loop finishes the step in flight,
 saves, says how to resume and returns. After the first SIGINT the default action is back, so a second
-Ctrl-C ends the process at once (no save, no traceback).
+Ctrl-C ends the process at once (no save, no traceback). Output to a reader that is gone (a pipe into
+`tee`, killed by the same Ctrl-C) is dropped rather than fatal: see `climb_jax.console`.
 """
 
 from __future__ import annotations
 
-import os
 import signal
+
+from climb_jax import console
 
 
 class StopSignals:
@@ -41,9 +43,10 @@ class StopSignals:
         if self.reason is None:
             self.reason = self.REASONS[signum]
             again = " (Ctrl-C again stops at once, without saving)" if signum == signal.SIGINT else ""
-            # os.write, not print: a handler may run in the middle of the main thread's own print.
-            os.write(1, f"\n{signal.Signals(signum).name} received: stopping after this step to save a "
-                        f"checkpoint{again}\n".encode())
+            # A raw write, not print: a handler may run in the middle of the main thread's own print. Dropped
+            # when nobody reads stdout any more (`| tee log`, and tee died of the same Ctrl-C).
+            console.write_fd(1, f"\n{signal.Signals(signum).name} received: stopping after this step to save "
+                                f"a checkpoint{again}\n".encode())
 
     def __exit__(self, *exc) -> None:
         self._depth -= 1

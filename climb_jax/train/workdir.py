@@ -8,6 +8,7 @@ local workdirs only).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -33,7 +34,9 @@ def is_local(path) -> bool:
 
 class WorkdirLock:
     """An advisory `flock` on <workdir>/.lock: a second run in the same workdir is refused, and the
-    kernel releases the lock when the holder dies, so a killed run never leaves it stuck."""
+    kernel releases the lock when the holder dies, so a killed run never leaves it stuck. A run that ends
+    (finished, failed, or stopped by a signal) removes the file as well, so a `.lock` in a workdir means a
+    run holds it now, or one was killed outright."""
 
     def __init__(self, workdir):
         self.path = os.path.join(str(workdir), ".lock")
@@ -41,23 +44,35 @@ class WorkdirLock:
 
     def acquire(self) -> "WorkdirLock":
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise ClimbError(
-                f"another run (pid {holder}) is using workdir {os.path.dirname(self.path)}; wait for it to "
-                "finish or stop it, or choose another --workdir."
-            ) from None
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise ClimbError(
+                    f"another run (pid {holder}) is using workdir {os.path.dirname(self.path)}; wait for it to "
+                    "finish or stop it, or choose another --workdir."
+                ) from None
+            if self._still_the_file(fd):
+                break
+            os.close(fd)  # locked a file its holder removed on release in the meantime: take the new one
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
         return self
 
+    def _still_the_file(self, fd: int) -> bool:
+        try:
+            return os.path.samestat(os.fstat(fd), os.stat(self.path))
+        except FileNotFoundError:
+            return False
+
     def release(self) -> None:
         if self._fd is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)  # while still locked: nobody can lock this file and then lose it
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
@@ -122,6 +137,29 @@ def provenance() -> dict:
     }
 
 
+def corpus_fingerprint(manifest: Mapping) -> str:
+    """The corpus a run trained on, by content: each file's SHA-256 under its path relative to the corpus
+    root (and the identity of a corpus that is no files, a Hugging Face dataset's). The same text read
+    from another folder, or copied to another machine, has the same fingerprint; any changed byte gives
+    another. `climb_jax.compare` pools runs as seeds of one arm only when it is the same."""
+    import hashlib
+
+    corpus = manifest.get("corpus") or {}
+    root = str(corpus.get("root") or "")
+    files = sorted((os.path.relpath(str(f["path"]), root) if root else os.path.basename(str(f["path"])),
+                    f.get("sha256")) for f in corpus.get("files") or ())
+    blob = json.dumps({"files": files, "identity": corpus.get("identity") or []}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def run_record(config, manifest: Mapping) -> dict:
+    """What config.json holds: the resolved config, and under `provenance` where the run came from
+    (`provenance()`) and the corpus it trained on (`corpus_fingerprint`)."""
+    record = json.loads(config.to_json_best_effort())
+    record["provenance"] = dict(provenance(), corpus_fingerprint=corpus_fingerprint(manifest))
+    return record
+
+
 def _scalars(tree: Mapping, prefix: str) -> dict[str, float]:
     """Every number in a nested dict, by slash-joined path (TensorBoard groups tags by their first
     segment); strings and lists are skipped."""
@@ -152,8 +190,9 @@ def _import_tensorboardx():
 
 
 class MetricsLog:
-    """`metrics.jsonl`: one JSON object per log step, and the same numbers as TensorBoard event files in the
-    same folder (so `tensorboard --logdir` over a sweep folder compares its runs live).
+    """`metrics.jsonl`: one JSON object per log step (and one per checkpoint-selection measurement of dev
+    pseudo-perplexity, `write_eval`), and the same numbers as TensorBoard event files in the same folder
+    (so `tensorboard --logdir` over a sweep folder compares its runs live).
 
     On resume, lines past the restored step are dropped, so a resumed run's log equals an uninterrupted
     one's; the event file opened by the resumed run tells TensorBoard to discard the earlier attempt's
@@ -236,6 +275,12 @@ class MetricsLog:
         """One log step's record (it has a `step`)."""
         if not self.enabled:
             return
+        self._append(record)
+        flat = {k: v for k, v in record.items() if k != "step" and not isinstance(v, Mapping)}
+        nested = {k: v for k, v in record.items() if isinstance(v, Mapping)}
+        self._add({**_scalars(flat, "train"), **_scalars(nested, "")}, record["step"])
+
+    def _append(self, record: dict) -> None:
         line = json.dumps(to_jsonable(record), sort_keys=True) + "\n"
         if is_local(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -244,15 +289,20 @@ class MetricsLog:
         else:
             text = self.path.read_text() if self.path.exists() else ""
             self.path.write_text(text + line)
-        flat = {k: v for k, v in record.items() if k != "step" and not isinstance(v, Mapping)}
-        nested = {k: v for k, v in record.items() if isinstance(v, Mapping)}
-        self._add({**_scalars(flat, "train"), **_scalars(nested, "")}, record["step"])
 
     def write_eval(self, step: int, result: Mapping) -> None:
         """An evaluation's numbers (the dict written to eval/step_XXXXXX.json) as TensorBoard scalars; the
-        JSON file stays the record."""
-        if self.enabled:
-            self._add(_scalars(result, "eval"), step)
+        JSON file stays the record. A checkpoint-selection measurement (`{"dev_perplexity": {"mean", "std",
+        "sequences"}}`, every eighth of training) has no file of its own: it becomes a metrics.jsonl line
+        as well, `{"step", "dev_pseudo_perplexity", "dev_pseudo_perplexity_std", "dev_rows"}`, so its
+        history sits beside the loss (such a line has no `loss`)."""
+        if not self.enabled:
+            return
+        dev = result.get("dev_perplexity")
+        if isinstance(dev, Mapping):
+            self._append({"step": int(step), "dev_pseudo_perplexity": dev["mean"],
+                          "dev_pseudo_perplexity_std": dev["std"], "dev_rows": dev["sequences"]})
+        self._add(_scalars(result, "eval"), step)
 
     def close(self) -> None:
         if self._writer is not None:
