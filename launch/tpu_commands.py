@@ -226,8 +226,29 @@ def _train_argv(args) -> list[str]:
     _check_overrides(args.overrides)
     return [
         ".venv/bin/python", "-m", "climb_jax.main", f"--config={args.config}", f"--workdir={args.workdir}",
-        "--config.distributed.initialize=true", *args.overrides,
+        "--config.distributed.initialize=true", *_prepared_overrides(args), *args.overrides,
     ]
+
+
+def _prepared_overrides(args) -> list[str]:
+    prepared = getattr(args, "prepared_dir", None)
+    return [f"--config.data.prepared_dir={prepared}"] if prepared else []
+
+
+def plan_prepare(args) -> list[Step]:
+    """`python -m climb_jax.prepare` once, on worker 0, into the shared `--prepared-dir`: the corpus is
+    tokenized, tagged, scored and written once, and every host then reads its rows from there (a version
+    that already exists is reused at once)."""
+    prepared = getattr(args, "prepared_dir", None)
+    if not prepared:
+        return []
+    if not prepared.startswith("gs://"):
+        raise LaunchError(f"--prepared-dir={prepared} must be a gs:// folder: every host of the slice reads it.")
+    d = _check_remote_dir(args.remote_dir, "--remote-dir")
+    command = shlex.join([".venv/bin/python", "-m", "climb_jax.prepare", f"--config={args.config}",
+                          *_prepared_overrides(args), *args.overrides])
+    return [Comment(f"prepare the corpus once, on worker 0, into {prepared} (reused when it exists)"),
+            _ssh(args, f"cd {d} && {command}", worker="0")]
 
 
 def plan_preflight(args) -> list[Step]:
@@ -279,7 +300,8 @@ def plan_run(args, preflight: bool = True) -> list[Step]:
     """The pre-flight (unless `--no-preflight` or `preflight=False`), then the run on every worker."""
     command = run_command(args)
     checks = plan_preflight(args) if preflight and not args.no_preflight else []
-    plan: list[Step] = [*checks, Comment(f"run on every worker of {args.name}; per-worker logs in {_log_dir(args)}/worker<N>.log")]
+    plan: list[Step] = [*checks, *plan_prepare(args),
+                        Comment(f"run on every worker of {args.name}; per-worker logs in {_log_dir(args)}/worker<N>.log")]
     if not args.workdir.startswith("gs://"):
         plan.append(Comment("warning: the workdir is not on gs://; a multi-host run needs storage every host shares"))
     plan.append(command)

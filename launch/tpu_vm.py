@@ -90,6 +90,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="e.g. configs/vanilla.py:small (preset words after ':')")
     p.add_argument("--workdir", help="gs://bucket/path: checkpoints, metrics and eval results; rerun to resume")
     p.add_argument("--run-name", help="name of the per-worker log folder ~/climb_logs/<run-name> (default: workdir's last part)")
+    p.add_argument("--prepared-dir", help="gs://bucket/prepared: prepare the corpus there once (on worker 0), then "
+                   "every host reads it (data.prepared_dir)")
     add_preflight_args(p)
     p.add_argument("--no-preflight", action="store_true", help="launch without compiling for the slice first")
 

@@ -176,6 +176,7 @@ class Watch:
             created = self.ready_slice(first_round=runs == 0)
             if created or runs == 0:  # a new slice has empty disks; the first round refreshes the code
                 execute(tc.plan_setup(self.args), gcloud=self.gcloud)
+                execute(tc.plan_prepare(self.args), gcloud=self.gcloud)  # once: a prepared corpus is reused
             if runs:
                 self.count("relaunched", why)
             runs += 1

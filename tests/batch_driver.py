@@ -12,12 +12,12 @@ and compares exactly.
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from tests.trajectory_driver import record
 
 FIXTURE = Path(__file__).parent / "data" / "batch_trajectories.json"
 
@@ -60,16 +60,7 @@ def batches_and_losses(name: str, cache_dir: Path, workdir: Path) -> dict:
 
 
 def main(argv) -> int:
-    out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in RUNS:
-            out[name] = batches_and_losses(name, Path(tmp) / "cache", Path(tmp) / name)
-    if "--write" in argv:
-        FIXTURE.write_text(json.dumps(out, indent=1) + "\n")
-        print(f"wrote {FIXTURE}")
-    else:
-        print(json.dumps(out)[:2000])
-    return 0
+    return record(FIXTURE, batches_and_losses, RUNS, argv)
 
 
 if __name__ == "__main__":

@@ -95,16 +95,17 @@ def _in_data_prep(stage: str) -> None:
 
 
 def _in_eval(sig: int) -> None:
+    """Fires when the final evaluation has scored BLiMP and the dev rows, before it writes anything."""
     from climb_jax.eval import perplexity
 
-    original = perplexity.pseudo_perplexity
+    original = perplexity.perplexity_summary
 
     @functools.wraps(original)
     def hooked(*args, **kwargs):
         _fire("kill_in_eval" if sig == signal.SIGKILL else "term_in_eval", "phase=perplexity", sig)
         return original(*args, **kwargs)
 
-    perplexity.pseudo_perplexity = hooked
+    perplexity.perplexity_summary = hooked
 
 
 def install(spec: str) -> None:

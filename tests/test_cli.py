@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from climb_jax.config import schema
 from tests.conftest import REPO

@@ -9,7 +9,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from climb_jax.config import schema
-from climb_jax.data import corpus as corpus_lib, sources as sources_lib, text as text_lib
+from climb_jax.data import corpus as corpus_lib, sources as sources_lib
 from climb_jax.data.text import DecodeReport, ReadOptions, read_file_lines, split_long_text
 from climb_jax.errors import DataError
 

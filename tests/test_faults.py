@@ -17,7 +17,6 @@ import errno
 import functools
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess

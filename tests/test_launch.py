@@ -131,6 +131,16 @@ def test_v4_32_launch_dry_run_exact(tmp_path, capsys):
         shlex.join(["gcloud", "compute", "tpus", "tpu-vm", "ssh", "climb-v4-32", "--zone=us-central2-b",
                     "--worker=all", f"--command={remote}"]),
     ]
+    # With a shared prepared corpus: worker 0 prepares it once, then every worker trains on it.
+    out = _dry(capsys, tpu_vm, ["run", "climb-v4-32", loc, "--config=configs/vanilla.py:small", "--no-preflight",
+                                "--workdir=gs://my-bucket/runs/vanilla_small", "--prepared-dir=gs://my-bucket/prepared"])
+    prepare, run = [l for l in out.splitlines() if l.startswith("gcloud")]
+    assert "--worker=0" in prepare and "climb_jax.prepare --config=configs/vanilla.py:small " \
+        "--config.data.prepared_dir=gs://my-bucket/prepared" in prepare
+    assert "--worker=all" in run and "--config.data.prepared_dir=gs://my-bucket/prepared" in run
+    assert common.run_main(tpu_vm.main, ["run", "climb-v4-32", loc, "--config=configs/vanilla.py:small", "--dry-run",
+                                         "--no-preflight", "--workdir=gs://b/r", "--prepared-dir=/tmp/local"]) == 2
+    assert "error: --prepared-dir=/tmp/local must be a gs:// folder" in capsys.readouterr().err
     assert _dry(capsys, tpu_vm, ["delete", "climb-v4-32", loc]) == (
         "gcloud compute tpus tpu-vm delete climb-v4-32 --zone=us-central2-b --quiet\n"
     )

@@ -65,6 +65,12 @@ def test_one_and_eight_devices_give_the_same_losses(tmp_path):
         a, b = one[kind], eight[kind]
         assert [r["step"] for r in a] == [r["step"] for r in b]
         assert set(a[0]) == set(b[0])
+        if kind == "data":
+            # Re-scored difficulties are the model's own perplexities: on 8 devices their last bits differ
+            # from one device's, and two rows whose scores are that close may swap places in the sorted
+            # order, so later batches may differ. Compared through the first re-scoring (step 50), up to the
+            # second (batches from step 100 on: it swaps rows of this run).
+            a, b = [r for r in a if r["step"] <= 100], [r for r in b if r["step"] <= 100]
         diffs = [abs(x["loss"] - y["loss"]) for x, y in zip(a, b)]
         worst[kind] = max(diffs)
         for x, y in zip(a, b):

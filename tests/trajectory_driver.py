@@ -49,17 +49,22 @@ def trajectory(name: str, cache_dir: Path, workdir: Path) -> dict:
     }
 
 
-def main(argv) -> int:
+def record(fixture: Path, compute, runs, argv) -> int:
+    """Runs `compute(name, cache_dir, workdir)` for every run name; `--write` stores the results in `fixture`."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in RUNS:
-            out[name] = trajectory(name, Path(tmp) / "cache", Path(tmp) / name)
+        for name in runs:
+            out[name] = compute(name, Path(tmp) / "cache", Path(tmp) / name)
     if "--write" in argv:
-        FIXTURE.write_text(json.dumps(out, indent=1) + "\n")
-        print(f"wrote {FIXTURE}")
+        fixture.write_text(json.dumps(out, indent=1) + "\n")
+        print(f"wrote {fixture}")
     else:
         print(json.dumps(out)[:2000])
     return 0
+
+
+def main(argv) -> int:
+    return record(FIXTURE, trajectory, RUNS, argv)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 from climb_jax.analysis.runs import Run
+from climb_jax.config.grammar import flatten
 from climb_jax.errors import DataError
 
 # Config fields that say where, how fast or how often a run ran, not what it trained or measured: runs
@@ -28,17 +29,6 @@ NOT_THE_RECIPE = (
 # Where the corpus was read from; the corpus fingerprint decides instead when both runs have one.
 CORPUS_LOCATION = "data.corpus"
 FINGERPRINT = "corpus fingerprint"
-
-
-def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(_flat(value, name + "."))
-        else:
-            out[name] = value
-    return out
 
 
 def _ignored(key: str) -> bool:
@@ -58,7 +48,7 @@ def differences(a: Run, b: Run) -> list[tuple[str, Any, Any]]:
     by_content = fa is not None and fb is not None
     if by_content and fa != fb:
         out.append((FINGERPRINT, fa, fb))
-    ca, cb = _flat(a.config), _flat(b.config)
+    ca, cb = flatten(a.config), flatten(b.config)
     for key in sorted(set(ca) | set(cb)):
         if _ignored(key) or (by_content and key == CORPUS_LOCATION):
             continue

@@ -218,7 +218,7 @@ def _applied_paces(ax, config: Mapping[str, Any], run: Run) -> bool:
         points = [(r["step"], r[key]) for r in run.metrics if key in r and isinstance(r.get("step"), int)]
         if points:
             steps, values = zip(*points)
-            ax.plot(steps, values, style, color="black", lw=1.4, drawstyle="steps-post",
+            ax.plot(steps, values, style, color="black", lw=1.4,
                     label=f"{key.split('_')[0]} pace applied (adaptive, seed {run.seed})")
             drawn = True
     return drawn

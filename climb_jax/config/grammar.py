@@ -175,6 +175,17 @@ def _parse_value(value: str | tuple[str, ...], current, key: str):
     return _parse_scalar(value, current, key)
 
 
+def flatten(tree, prefix: str = "") -> dict:
+    """{dotted key: value} of the leaves of a config (a ConfigDict or the dict of a config.json)."""
+    out = {}
+    for name, value in tree.items():
+        if isinstance(value, (ConfigDict, dict)):
+            out.update(flatten(value, f"{prefix}{name}."))
+        else:
+            out[prefix + name] = value
+    return out
+
+
 def _dotted_keys(c: ConfigDict, prefix: str = "") -> list[str]:
     """Every field of `c` by its dotted key, groups and their fields alike."""
     keys = []

@@ -87,7 +87,7 @@ class PacingParams:
         return self
 
 
-def _xp(*values):
+def array_module(*values):
     """`jnp` when any input is a JAX array or tracer (inside jit), `numpy` otherwise (cheap on the host)."""
     return jnp if any(isinstance(v, jax.Array) or isinstance(v, jax.core.Tracer) for v in values) else np
 
@@ -96,7 +96,7 @@ def pace(params: PacingParams, step, total_steps):
     """The pacing value at `step` of `total_steps`, with `jnp` semantics: works on Python ints, numpy
     arrays (elementwise, float64) and traced values inside jit (float32), with no Python branching on
     the step."""
-    xp = _xp(step, total_steps)
+    xp = array_module(step, total_steps)
     step = xp.asarray(step)
     dtype = xp.float64 if xp is np else jnp.result_type(float)
     s = step.astype(dtype)

@@ -23,11 +23,11 @@ curriculum ends on the whole vocabulary.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from climb_jax.config.choices import VOCAB_KINDS
+from climb_jax.curriculum.pacing import array_module
 from climb_jax.constants import NUM_POS, NUM_SPECIAL, UNK_ID
 from climb_jax.errors import ConfigError
 
@@ -40,35 +40,38 @@ def _check_kind(kind: str) -> None:
 
 
 def allowed_vocab(kind: str, pace, vocab_size: int, ranks=None, unlisted_pace: float = 1.0):
-    """The ids the model may see at `pace`: bool [NUM_POS, V] (host or jit; `pace` may be traced).
+    """The ids the model may see at `pace`: bool [NUM_POS, V]. One body for both sides: numpy on the
+    host (a float pace: plots, tests), `jnp` inside jit (a traced pace: the curriculum source), in
+    float32 either way, so both give the same table.
 
     `ranks` (float32 [V], `inf` for unlisted ids) is needed by `word_list` only."""
     _check_kind(kind)
     if vocab_size <= NUM_SPECIAL:
         raise ConfigError(f"a vocabulary of {vocab_size} ids has no room beyond the {NUM_SPECIAL} special tokens.")
-    pace = jnp.asarray(pace, jnp.float32)
-    ids = jnp.arange(vocab_size, dtype=jnp.int32)[None, :]
-    pos = jnp.arange(NUM_POS, dtype=jnp.int32)[:, None]
+    xp = array_module(pace)
+    pace = xp.asarray(pace, xp.float32)
+    ids = xp.arange(vocab_size, dtype=xp.int32)[None, :]
+    pos = xp.arange(NUM_POS, dtype=xp.int32)[:, None]
     if kind == "none":
-        return jnp.ones((NUM_POS, vocab_size), bool)
+        return xp.ones((NUM_POS, vocab_size), bool)
     if kind == "word_list":
         if ranks is None:
             raise ConfigError("vocab_curriculum.kind='word_list' needs vocab_curriculum.word_list (a TSV of word, rank).")
-        ranks = jnp.asarray(ranks, jnp.float32)
-        listed = jnp.isfinite(ranks)
-        low = jnp.min(jnp.where(listed, ranks, jnp.inf))
-        high = jnp.max(jnp.where(listed, ranks, -jnp.inf))
-        ok = jnp.where(listed, ranks <= low + pace * (high - low), pace >= unlisted_pace)[None, :]
+        ranks = xp.asarray(ranks, xp.float32)
+        listed = xp.isfinite(ranks)
+        low = xp.min(xp.where(listed, ranks, xp.inf))
+        high = xp.max(xp.where(listed, ranks, -xp.inf))
+        ok = xp.where(listed, ranks <= low + pace * (high - low), pace >= unlisted_pace)[None, :]
     else:
         if kind == "pos_tags":
-            key, limit = pos, pace * MAX_POS
+            key, limit = pos, pace * xp.float32(MAX_POS)
         elif kind == "token_ids":
-            key, limit = ids, pace * vocab_size
+            key, limit = ids, pace * xp.float32(vocab_size)
         else:  # pos_tags_and_token_ids: lexicographic (pos, id) in one integer, as in the reference
-            key, limit = pos * vocab_size + ids, pace * (MAX_POS * vocab_size)
+            key, limit = pos * vocab_size + ids, pace * xp.float32(MAX_POS * vocab_size)
         # Integer keys compared with a float limit: floor(limit) keeps the comparison exact in float32.
-        ok = key <= jnp.floor(limit).astype(jnp.int32)
-    return jnp.broadcast_to(ok | (ids < NUM_SPECIAL) | (pace >= 1.0), (NUM_POS, vocab_size))
+        ok = key <= xp.floor(limit).astype(xp.int32)
+    return xp.broadcast_to(ok | (ids < NUM_SPECIAL) | (pace >= 1.0), (NUM_POS, vocab_size))
 
 
 def apply_allowed(input_ids, pos_ids, allowed):
@@ -91,5 +94,5 @@ def allowed_vocab_fraction(kind: str, pace, vocab_size: int, ranks=None):
     allowed (class, non-special id) pairs over all of them, i.e. allowed ids / (V - NUM_SPECIAL) for
     the id kinds and allowed POS classes / 12 for `pos_tags`. Specials are left out; `none` is 1."""
     paces = np.asarray(pace, np.float64)
-    share = jax.jit(jax.vmap(lambda p: allowed_vocab(kind, p, vocab_size, ranks)[:, NUM_SPECIAL:].mean()))
-    return np.asarray(share(paces.reshape(-1).astype(np.float32)), np.float64).reshape(paces.shape)
+    out = [allowed_vocab(kind, p, vocab_size, ranks)[:, NUM_SPECIAL:].mean() for p in paces.reshape(-1)]
+    return np.asarray(out, np.float64).reshape(paces.shape)

@@ -18,6 +18,7 @@ import re
 from ml_collections import ConfigDict
 
 from climb_jax.config import schema
+from climb_jax.config.grammar import flatten
 from climb_jax.errors import ConfigError
 
 MEMBER_SEPARATOR = ";"
@@ -42,17 +43,6 @@ class Member:
 
 def is_ensemble(config: ConfigDict) -> bool:
     return "ensemble" in config and bool(str(config.ensemble.members).strip())
-
-
-def flatten(c, prefix: str = "") -> dict:
-    out = {}
-    for key, value in c.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, ConfigDict):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
 
 
 def _under(key: str, prefixes) -> bool:

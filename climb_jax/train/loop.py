@@ -178,7 +178,6 @@ class Trainer:
 
     def _train(self, state, step: int):
         """Steps until there is a stop reason; returns (state, step, reason)."""
-        total = self.config.trainer.total_steps
         pipeline = InputPipeline(self.data.train, self.sampler, prefetch=self.config.data.prefetch)
         inflight: collections.deque = collections.deque()  # losses of the steps dispatched, not yet waited for
         self.clock, first = (time.perf_counter(), step), step
